@@ -1,0 +1,127 @@
+"""ImageSet: a whole dataset decoded once into one uint8 tensor, plus its on-disk cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from ..preprocess import ImageDecodeError, Preprocess, load_image
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+@dataclass
+class ImageSet:
+    """Decoded images ``[N, C, H, W]`` uint8 with class labels ``[N]`` in ``0..C-1``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    preprocess: Preprocess
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError("images must be a uint8 [N, C, H, W] tensor")
+        if len(self.labels) != len(self.images):
+            raise ValueError("images and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, class_ids: Sequence[int]) -> "ImageSet":
+        """The images of ``class_ids`` only, relabelled 0..len(class_ids)-1 in that order."""
+        class_ids = torch.as_tensor(list(class_ids), dtype=torch.long)
+        remap = torch.full((self.num_classes,), -1, dtype=torch.long)
+        remap[class_ids] = torch.arange(len(class_ids))
+        new = remap[self.labels]
+        keep = new >= 0
+        return ImageSet(self.images[keep], new[keep], [self.class_names[i] for i in class_ids.tolist()],
+                        self.preprocess)
+
+    def with_rotations(self, degrees: Sequence[int]) -> "ImageSet":
+        """Each (class, rotation) becomes a new class, as in the Omniglot few-shot protocol."""
+        imgs, labels, names = [], [], []
+        for j, deg in enumerate(degrees):
+            if deg % 90:
+                raise ValueError("rotations must be multiples of 90 degrees")
+            imgs.append(torch.rot90(self.images, k=deg // 90, dims=(2, 3)))
+            labels.append(self.labels + j * self.num_classes)
+            names += [f"{n}@rot{deg}" for n in self.class_names]
+        return ImageSet(torch.cat(imgs).contiguous(), torch.cat(labels), names, self.preprocess)
+
+
+def decode_files(paths: Sequence[Path], labels: Sequence[int], prep: Preprocess,
+                 desc: str = "decoding") -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode files in parallel; unreadable ones are skipped and counted in one warning."""
+    h, w = prep.size
+    out = torch.empty((len(paths), prep.channels, h, w), dtype=torch.uint8)
+    ok = torch.zeros(len(paths), dtype=torch.bool)
+    bad: list[str] = []
+
+    def work(i: int) -> None:
+        try:
+            out[i] = load_image(paths[i], prep)
+            ok[i] = True
+        except ImageDecodeError:
+            bad.append(str(paths[i]))
+
+    workers = min(8, (os.cpu_count() or 1) * 2)
+    with ThreadPoolExecutor(workers) as ex:
+        list(tqdm(ex.map(work, range(len(paths))), total=len(paths), desc=desc, unit="img",
+                  leave=False, disable=len(paths) < 2000))
+    if bad:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), ", ".join(sorted(bad)[:3]))
+    lab = torch.as_tensor(list(labels), dtype=torch.long)
+    return out[ok].contiguous(), lab[ok]
+
+
+def files_fingerprint(paths: Sequence[Path], extra: dict) -> str:
+    """A hash of the file list (names, sizes, mtimes) and the decoding settings."""
+    h = hashlib.sha256(json.dumps({"v": CACHE_VERSION, **extra}, sort_keys=True).encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("H_CACHE_DIR", Path.home() / ".cache" / "h_model"))
+
+
+def cached(key: str, build: Callable[[], ImageSet], cache_dir: Path | None) -> ImageSet:
+    """Load ``key`` from ``cache_dir`` if present, else build it and write it atomically."""
+    if cache_dir is None:
+        return build()
+    path = Path(cache_dir) / f"{key}.pt"
+    if path.exists():
+        try:
+            d = torch.load(path, weights_only=True)
+            return ImageSet(d["images"], d["labels"], list(d["class_names"]),
+                            Preprocess.from_dict(d["preprocess"]))
+        except Exception as e:  # a corrupt cache file is rebuilt, never fatal
+            log.warning("ignoring unreadable cache %s (%s)", path, e)
+    s = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        torch.save({"images": s.images, "labels": s.labels, "class_names": s.class_names,
+                    "preprocess": s.preprocess.to_dict()}, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not write cache %s (%s)", path, e)
+    return s

@@ -1,0 +1,121 @@
+"""Feature extractors, registered by name: conv4, resnet12, inception_resnet_v1."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+
+BACKBONES = Registry("backbone")
+
+
+def conv_block(cin: int, cout: int) -> nn.Sequential:
+    """conv3x3 -> BatchNorm -> maxpool2 -> ReLU.
+
+    The papers' block is conv(+bias) -> BN -> ReLU -> maxpool. Our order computes the same
+    function: a conv bias is cancelled by BatchNorm's mean subtraction, and ReLU commutes with
+    max-pooling, so applying it after the pool touches 4x fewer values (about 2x faster
+    training on the CPU together with channels-last memory).
+    """
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.MaxPool2d(2), nn.ReLU(inplace=True))
+
+
+class Conv4(nn.Module):
+    """4 x [conv3x3 64, BatchNorm, ReLU, maxpool2] (Vinyals et al. 2016; Snell et al. 2017)."""
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4) -> None:
+        super().__init__()
+        chans = [in_channels] + [hidden] * depth
+        self.layers = nn.Sequential(*[conv_block(a, b) for a, b in zip(chans, chans[1:])])
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x.contiguous(memory_format=torch.channels_last)).flatten(1)
+
+
+@BACKBONES.register("conv4")
+def conv4(in_channels: int = 1, hidden: int = 64, depth: int = 4) -> nn.Module:
+    return Conv4(in_channels, hidden, depth)
+
+
+class ResBlock(nn.Module):
+    """ResNet-12 block: three conv3x3-BN(-LeakyReLU) layers, 1x1 shortcut, maxpool2."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(3):
+            layers += [nn.Conv2d(cin if i == 0 else cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
+            if i < 2:
+                layers.append(nn.LeakyReLU(0.1))
+        self.body = nn.Sequential(*layers)
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.out = nn.Sequential(nn.LeakyReLU(0.1), nn.MaxPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x) + self.shortcut(x))
+
+
+class ResNet12(nn.Module):
+    """ResNet-12 (Oreshkin et al. 2018; Lee et al. 2019), global average pooled."""
+
+    def __init__(self, in_channels: int = 1, channels: tuple[int, ...] = (64, 160, 320, 640)) -> None:
+        super().__init__()
+        chans = [in_channels] + list(channels)
+        self.blocks = nn.Sequential(*[ResBlock(a, b) for a, b in zip(chans, chans[1:])])
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(x.contiguous(memory_format=torch.channels_last))
+        return x.mean(dim=(2, 3))
+
+
+@BACKBONES.register("resnet12")
+def resnet12(in_channels: int = 1, channels: tuple[int, ...] = (64, 160, 320, 640)) -> nn.Module:
+    return ResNet12(in_channels, tuple(channels))
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights are neither on disk nor downloadable."""
+
+
+@BACKBONES.register("inception_resnet_v1")
+def inception_resnet_v1(in_channels: int = 3, pretrained: str | None = None,
+                        weights_path: str | None = None, freeze: bool = False) -> nn.Module:
+    """facenet-pytorch's InceptionResnetV1 (512-d, expects RGB faces around 160x160).
+
+    ``pretrained`` is 'vggface2' or 'casia-webface' (downloaded on first use), or give a local
+    ``weights_path`` (a state dict file). ``freeze`` keeps the pretrained weights fixed.
+    """
+    from facenet_pytorch import InceptionResnetV1
+
+    if in_channels != 3:
+        raise ValueError("inception_resnet_v1 needs 3-channel (RGB) input")
+    net = InceptionResnetV1(pretrained=None, classify=False)
+    if weights_path:
+        state = torch.load(Path(weights_path).expanduser(), map_location="cpu", weights_only=True)
+        state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+        net.load_state_dict(state, strict=False)
+    elif pretrained:
+        try:
+            net = InceptionResnetV1(pretrained=pretrained, classify=False)
+        except Exception as e:
+            raise PretrainedWeightsError(
+                f"could not download InceptionResnetV1 '{pretrained}' weights ({type(e).__name__}: {e}). "
+                "Offline, download the file elsewhere and pass it with weights_path=... "
+                "(--backbone-weights PATH on the command line).") from e
+    if freeze:
+        for p in net.parameters():
+            p.requires_grad_(False)
+    return net
+
+
+def create_backbone(name: str, **kwargs) -> nn.Module:
+    return BACKBONES.get(name)(**kwargs)
+
+
+def list_backbones() -> list[str]:
+    return BACKBONES.names()

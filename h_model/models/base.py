@@ -1,0 +1,95 @@
+"""The one interface every few-shot learner implements, and the model registry."""
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import Registry
+from .backbones import create_backbone
+
+MODELS = Registry("model")
+
+
+class FewShotModel(nn.Module, ABC):
+    """Embeds support and query images with a backbone, then a head scores queries per class.
+
+    ``forward(support_x, support_y, query_x)`` takes one episode (``[S, C, H, W]``) or a batch
+    of episodes (``[B, S, C, H, W]``) and returns class logits ``[(B,) Q, N]``.
+    """
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., C, H, W]`` images -> ``[..., D]`` embeddings."""
+        lead = x.shape[:-3]
+        return self.backbone(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)
+
+    @abstractmethod
+    def head(self, support_z: torch.Tensor, support_y: torch.Tensor, query_z: torch.Tensor,
+             way: int) -> torch.Tensor:
+        """Batched embeddings ``[B, S, D]``, labels ``[B, S]``, queries ``[B, Q, D]`` -> logits ``[B, Q, N]``."""
+
+    def embed_episode(self, support_x: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One backbone call over support and query together (one BatchNorm batch, as in the papers)."""
+        B, S, Q = support_x.shape[0], support_x.shape[1], query_x.shape[1]
+        z = self.embed(torch.cat([support_x, query_x], dim=1))
+        return z[:, :S], z[:, S:S + Q]
+
+    def forward(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                way: int | None = None) -> torch.Tensor:
+        single = support_x.dim() == 4
+        if single:
+            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
+        way = int(support_y.max()) + 1 if way is None else way
+        sz, qz = self.embed_episode(support_x, query_x)
+        logits = self.head(sz, support_y, qz, way)
+        return logits[0] if single else logits
+
+    def episode_loss(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                     query_y: torch.Tensor, way: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training loss, logits). Cross-entropy over classes unless a variant overrides it."""
+        logits = self(support_x, support_y, query_x, way)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), query_y.reshape(-1)), logits
+
+
+def one_hot(y: torch.Tensor, way: int, dtype: torch.dtype) -> torch.Tensor:
+    return F.one_hot(y, way).to(dtype)
+
+
+def embedding_dim(backbone: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """The backbone's output size for one ``(C, H, W)`` image."""
+    was = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        d = backbone(torch.zeros(2, *input_shape)).shape[-1]
+    backbone.train(was)
+    return int(d)
+
+
+def create_model(name: str, backbone: str | nn.Module = "conv4", backbone_kwargs: dict[str, Any] | None = None,
+                 input_shape: tuple[int, int, int] | None = None, **kwargs: Any) -> FewShotModel:
+    """Build a registered variant: ``create_model('proto', backbone='conv4')`` or ``create_model('proto_conv4')``.
+
+    Variants that need the embedding size (``dim``) get it from ``input_shape`` when not given.
+    """
+    if name not in MODELS and "_" in name:
+        name, backbone = name.split("_", 1)
+    bb = backbone if isinstance(backbone, nn.Module) else create_backbone(backbone, **(backbone_kwargs or {}))
+    factory = MODELS.get(name)
+    if "dim" in inspect.signature(factory).parameters and kwargs.get("dim") is None and input_shape:
+        kwargs["dim"] = embedding_dim(bb, tuple(input_shape))
+    model = factory(bb, **kwargs)
+    model.spec = {"variant": name, "backbone": backbone if isinstance(backbone, str) else type(backbone).__name__,
+                  "backbone_kwargs": dict(backbone_kwargs or {}), "model_kwargs": kwargs}
+    return model
+
+
+def list_models() -> list[str]:
+    return MODELS.names()

@@ -1,0 +1,327 @@
+"""Episodic training: the machinery behind ``python training/train_h.py``.
+
+One loop for every registered variant: sample a batch of episodes, compute the variant's
+episode loss, step Adam; validate on held-out classes, keep the best checkpoint, save a
+resumable state, and finally evaluate the best model on the test classes.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import os
+import resource
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import WEIGHTS, atomic_write, load_checkpoint, save_checkpoint, write_json
+from .data import load_splits
+from .episodes import EpisodeSampler
+from .evaluate import embed_all, evaluate, parse_setting
+from .learner import pick_device
+from .models import FewShotModel, create_model
+
+log = logging.getLogger("h_model.train")
+STATE = "state.pt"
+METRIC_FIELDS = ["episode", "loss", "train_acc", "val_acc", "val_ci95", "lr", "elapsed_s"]
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run; YAML configs and command-line flags fill it."""
+
+    variant: str = "proto"
+    backbone: str = "conv4"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "omniglot"
+    data_root: str | None = None
+    image_size: int = 28
+    data_kwargs: dict[str, Any] = field(default_factory=dict)
+    episodes: int = 2000
+    train_way: int = 60
+    train_shot: int = 5
+    train_query: int = 5
+    episodes_per_batch: int = 1
+    test_way: int = 5
+    test_shot: int = 1
+    test_query: int = 15
+    val_every: int = 250
+    val_episodes: int = 300
+    eval_settings: list[str] = field(default_factory=lambda: ["5w1s", "5w5s", "20w1s", "20w5s"])
+    eval_episodes: int = 1000
+    eval_query: int = 15
+    lr: float = 1e-3
+    lr_schedule: str = "step"  # step | cosine | constant
+    lr_step: int = 2000
+    lr_gamma: float = 0.5
+    weight_decay: float = 0.0
+    time_limit_min: float | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = False
+    out: str = "runs/default"
+    resume: bool = False
+    checkpoint_every: int = 100
+    log_every: int = 10
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def validate(self) -> None:
+        if self.variant == "siamese" and self.train_shot < 1:
+            raise ValueError("siamese training needs train_shot >= 1")
+        if self.lr_schedule not in ("step", "cosine", "constant"):
+            raise ValueError("lr_schedule must be step, cosine or constant")
+        for s in self.eval_settings:
+            parse_setting(s)
+
+
+def lr_factor(cfg: TrainConfig, episode: int) -> float:
+    if cfg.lr_schedule == "step":
+        return cfg.lr_gamma ** (episode // cfg.lr_step)
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(episode / max(cfg.episodes, 1), 1.0)))
+    return 1.0
+
+
+class EpisodeLoss(nn.Module):
+    """Wraps a model's ``episode_loss`` as ``forward`` so DistributedDataParallel can hook it."""
+
+    def __init__(self, model: FewShotModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, sx, sy, qx, qy, way: int):
+        return self.model.episode_loss(sx, sy, qx, qy, way)
+
+
+def init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); starts a process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, pick_device(device)
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    dev = pick_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def read_metrics(path: Path, upto: int) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [r for r in csv.DictReader(f) if int(r["episode"]) <= upto]
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    def w(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            wr = csv.DictWriter(f, METRIC_FIELDS)
+            wr.writeheader()
+            wr.writerows(rows)
+    atomic_write(path, w)
+
+
+class Stop(Exception):
+    """Raised from the SIGTERM handler so a killed run saves its state first."""
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run training, validation, checkpointing and the final test evaluation; returns results."""
+    cfg.validate()
+    rank, world, device = init_distributed(cfg.device)
+    main = rank == 0
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed + rank)
+
+    data_kwargs = {"data_root": cfg.data_root, "image_size": cfg.image_size, "seed": cfg.seed, **cfg.data_kwargs}
+    train_set, val_set, test_set = load_splits(cfg.dataset, **data_kwargs)
+    prep = train_set.preprocess
+    model = create_model(cfg.variant, cfg.backbone, cfg.backbone_kwargs,
+                         input_shape=(prep.channels, *prep.size), **cfg.model_kwargs).to(device)
+    run_config = {"preprocess": prep.to_dict(), "data": {"name": cfg.dataset, **data_kwargs},
+                  "train": dataclasses.asdict(cfg)}
+    sampler = EpisodeSampler(train_set, cfg.train_way, cfg.train_shot, cfg.train_query,
+                             cfg.episodes_per_batch, seed=cfg.seed * 1000 + rank)
+    for s in [f"{cfg.test_way}w{cfg.test_shot}s"] + cfg.eval_settings:  # fail before training, not after
+        w, k = parse_setting(s)
+        EpisodeSampler(test_set if s in cfg.eval_settings else val_set, w, k, cfg.eval_query if s in cfg.eval_settings else cfg.test_query)
+
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    episode, best_val, elapsed = 0, -1.0, 0.0
+    state_path = out / STATE
+    if cfg.resume and state_path.exists():
+        st = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sampler.generator.set_state(st["sampler_rng"])
+        torch.set_rng_state(st["torch_rng"])
+        episode, best_val, elapsed = int(st["episode"]), float(st["best_val"]), float(st["elapsed"])
+        if main:
+            log.info("resumed %s at episode %d (best validation %.4f)", out, episode, best_val)
+    elif cfg.resume and main:
+        log.info("no %s in %s: starting from scratch", STATE, out)
+    rows = read_metrics(out / "metrics.csv", episode) if cfg.resume else []
+
+    net: nn.Module = EpisodeLoss(model)
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    def save_state() -> None:
+        if not main:
+            return
+        st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "episode": episode,
+              "best_val": best_val, "elapsed": elapsed, "sampler_rng": sampler.generator.get_state(),
+              "torch_rng": torch.get_rng_state()}
+        atomic_write(state_path, lambda tmp: torch.save(st, tmp))
+        write_metrics(out / "metrics.csv", rows)
+
+    def validate() -> tuple[float, float]:
+        r = evaluate(model, val_set, cfg.test_way, cfg.test_shot, cfg.test_query, cfg.val_episodes,
+                     seed=4321, device=device)
+        return r["accuracy"], r["ci95"]
+
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "train_config.json", dataclasses.asdict(cfg))
+    old_handler = signal.signal(signal.SIGTERM, raise_stop) if main and in_main_thread() else None
+    bar = tqdm(total=cfg.episodes, initial=episode, desc=f"train {cfg.variant}", unit="ep",
+               disable=not main, dynamic_ncols=True)
+    t0 = time.time() - elapsed
+    acc_loss = acc_acc = 0.0
+    n_acc = 0
+    model.train()
+    try:
+        while episode < cfg.episodes:
+            if cfg.time_limit_min and time.time() - t0 > 60 * cfg.time_limit_min:
+                if main:
+                    log.info("time limit of %.1f min reached at episode %d", cfg.time_limit_min, episode)
+                break
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(cfg, episode)
+            ep = sampler.sample().to(device, prep)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                loss, logits = net(ep.support_x, ep.support_y, ep.query_x, ep.query_y, ep.way)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            episode += cfg.episodes_per_batch
+            acc_loss += float(loss.detach())
+            acc_acc += float((logits.argmax(-1) == ep.query_y).float().mean())
+            n_acc += 1
+            bar.update(cfg.episodes_per_batch)
+            validating = episode % cfg.val_every < cfg.episodes_per_batch or episode >= cfg.episodes
+            if (episode % cfg.log_every < cfg.episodes_per_batch or validating) and main:
+                elapsed = time.time() - t0
+                row = {"episode": episode, "loss": round(acc_loss / n_acc, 5), "train_acc": round(acc_acc / n_acc, 5),
+                       "val_acc": "", "val_ci95": "", "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 2)}
+                acc_loss = acc_acc = 0.0
+                n_acc = 0
+                if validating:
+                    va, vci = validate()
+                    row.update(val_acc=round(va, 5), val_ci95=round(vci, 5))
+                    if va > best_val:
+                        best_val = va
+                        save_checkpoint(out, model, {**run_config, "val_accuracy": va, "episode": episode})
+                rows.append(row)
+                bar.set_postfix(loss=row["loss"], acc=row["train_acc"], val=f"{best_val:.4f}")
+            if validating and world > 1:
+                dist.barrier()
+            if episode % cfg.checkpoint_every < cfg.episodes_per_batch:
+                elapsed = time.time() - t0
+                save_state()
+    except (KeyboardInterrupt, Stop):
+        elapsed = time.time() - t0
+        save_state()
+        bar.close()
+        if main:
+            log.warning("interrupted at episode %d; state saved, continue with --resume", episode)
+        raise
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+    bar.close()
+    elapsed = time.time() - t0
+    if best_val < 0 and main:  # a run stopped by its time limit before its first validation
+        best_val, _ = validate()
+        save_checkpoint(out, model, {**run_config, "val_accuracy": best_val, "episode": episode})
+    save_state()
+    if world > 1:
+        dist.barrier()
+    if not main:
+        return {}
+    return finish(cfg, out, test_set, device, episode, elapsed, best_val)
+
+
+def raise_stop(signum: int, frame: Any) -> None:
+    raise Stop()
+
+
+def in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes: int, elapsed: float,
+           best_val: float) -> dict[str, Any]:
+    """Evaluate the best checkpoint on the test classes; write results.json and curves.png."""
+    from .plots import plot_curves
+
+    model, _ = load_checkpoint(out / WEIGHTS, device)
+    z = embed_all(model, test_set, device)
+    results: dict[str, Any] = {}
+    for s in cfg.eval_settings:
+        w, k = parse_setting(s)
+        results[s] = evaluate(model, test_set, w, k, cfg.eval_query, cfg.eval_episodes, device=device,
+                              embeddings=z, progress=True)
+    results["train"] = {"variant": cfg.variant, "backbone": cfg.backbone, "dataset": cfg.dataset,
+                        "episodes": episodes, "time_s": round(elapsed, 1),
+                        "episodes_per_s": round(episodes / max(elapsed, 1e-9), 3),
+                        "best_val_accuracy": best_val, "peak_rss_mb": round(peak_rss_mb(), 1),
+                        "device": str(device)}
+    write_json(out / "results.json", results)
+    try:
+        plot_curves(out / "metrics.csv", out / "curves.png", title=f"{cfg.variant} / {cfg.backbone} / {cfg.dataset}")
+    except Exception as e:  # a plotting problem never loses the results
+        log.warning("could not draw curves.png: %s", e)
+    print(format_results(results))
+    return results
+
+
+def format_results(results: dict[str, Any]) -> str:
+    lines = ["| setting | accuracy (%) | 95% CI | episodes |", "|---|---|---|---|"]
+    for k, v in results.items():
+        if isinstance(v, dict) and "accuracy" in v:
+            lines.append(f"| {k} | {100 * v['accuracy']:.2f} | +-{100 * v['ci95']:.2f} | {v['episodes']} |")
+    t = results.get("train", {})
+    if t:
+        lines.append(f"trained {t['episodes']} episodes in {t['time_s']:.0f} s on {t['device']} "
+                     f"({t['episodes_per_s']:.2f} episodes/s), peak memory {t['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
