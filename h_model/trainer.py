@@ -30,6 +30,7 @@ from .episodes import EpisodeSampler
 from .evaluate import embed_all, evaluate, parse_setting
 from .learner import pick_device
 from .models import FewShotModel, create_model
+from .runtime import keep_freed_memory
 
 log = logging.getLogger("h_model.train")
 STATE = "state.pt"
@@ -153,6 +154,7 @@ class Stop(Exception):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run training, validation, checkpointing and the final test evaluation; returns results."""
     cfg.validate()
+    keep_freed_memory()
     rank, world, device = init_distributed(cfg.device)
     main = rank == 0
     out = Path(cfg.out)
@@ -208,9 +210,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                      seed=4321, device=device)
         return r["accuracy"], r["ci95"]
 
+    tb = None
     if main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "train_config.json", dataclasses.asdict(cfg))
+        tb = tensorboard_writer(out)
     old_handler = signal.signal(signal.SIGTERM, raise_stop) if main and in_main_thread() else None
     bar = tqdm(total=cfg.episodes, initial=episode, desc=f"train {cfg.variant}", unit="ep",
                disable=not main, dynamic_ncols=True)
@@ -252,7 +256,11 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                         best_val = va
                         save_checkpoint(out, model, {**run_config, "val_accuracy": va, "episode": episode})
                 rows.append(row)
-                bar.set_postfix(loss=row["loss"], acc=row["train_acc"], val=f"{best_val:.4f}")
+                if tb is not None:
+                    for k in ("loss", "train_acc", "val_acc", "lr"):
+                        if row[k] != "":
+                            tb.add_scalar(k, float(row[k]), episode)
+                bar.set_postfix(loss=row["loss"], acc=row["train_acc"], val=f"{best_val:.4f}" if best_val >= 0 else "-")
             if validating and world > 1:
                 dist.barrier()
             if episode % cfg.checkpoint_every < cfg.episodes_per_batch:
@@ -279,6 +287,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if not main:
         return {}
     return finish(cfg, out, test_set, device, episode, elapsed, best_val)
+
+
+def tensorboard_writer(out: Path):
+    """A TensorBoard writer in ``out/tb`` when the tensorboard package is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
 
 
 def raise_stop(signum: int, frame: Any) -> None:

@@ -43,8 +43,8 @@ def load_folder(roots: str | Path | Sequence[str | Path], prep: Preprocess,
     key = "folder-" + files_fingerprint(paths, {"prep": prep.to_dict()})
 
     def build() -> ImageSet:
-        imgs, labs = decode_files(paths, labels, prep, desc="decoding images")
-        return ImageSet(imgs, labs, names, prep)
+        imgs, labs, src = decode_files(paths, labels, prep, desc="decoding images")
+        return ImageSet(imgs, labs, names, prep, src)
 
     return cached(key, build, cache_dir)
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from ..preprocess import ImageDecodeError, Preprocess, load_image
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -28,12 +28,15 @@ class ImageSet:
     labels: torch.Tensor
     class_names: list[str]
     preprocess: Preprocess
+    sources: list[str] | None = None  # the file each image was decoded from, when known
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise ValueError("images must be a uint8 [N, C, H, W] tensor")
         if len(self.labels) != len(self.images):
             raise ValueError("images and labels differ in length")
+        if self.sources is not None and len(self.sources) != len(self.images):
+            raise ValueError("sources and images differ in length")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -49,8 +52,9 @@ class ImageSet:
         remap[class_ids] = torch.arange(len(class_ids))
         new = remap[self.labels]
         keep = new >= 0
+        src = None if self.sources is None else [s for s, k in zip(self.sources, keep.tolist()) if k]
         return ImageSet(self.images[keep], new[keep], [self.class_names[i] for i in class_ids.tolist()],
-                        self.preprocess)
+                        self.preprocess, src)
 
     def with_rotations(self, degrees: Sequence[int]) -> "ImageSet":
         """Each (class, rotation) becomes a new class, as in the Omniglot few-shot protocol."""
@@ -61,12 +65,16 @@ class ImageSet:
             imgs.append(torch.rot90(self.images, k=deg // 90, dims=(2, 3)))
             labels.append(self.labels + j * self.num_classes)
             names += [f"{n}@rot{deg}" for n in self.class_names]
-        return ImageSet(torch.cat(imgs).contiguous(), torch.cat(labels), names, self.preprocess)
+        src = None if self.sources is None else self.sources * len(degrees)
+        return ImageSet(torch.cat(imgs).contiguous(), torch.cat(labels), names, self.preprocess, src)
 
 
 def decode_files(paths: Sequence[Path], labels: Sequence[int], prep: Preprocess,
-                 desc: str = "decoding") -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode files in parallel; unreadable ones are skipped and counted in one warning."""
+                 desc: str = "decoding") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Decode files in parallel: (images, labels, sources) of the readable ones.
+
+    Unreadable files are skipped and counted in one warning.
+    """
     h, w = prep.size
     out = torch.empty((len(paths), prep.channels, h, w), dtype=torch.uint8)
     ok = torch.zeros(len(paths), dtype=torch.bool)
@@ -86,7 +94,7 @@ def decode_files(paths: Sequence[Path], labels: Sequence[int], prep: Preprocess,
     if bad:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), ", ".join(sorted(bad)[:3]))
     lab = torch.as_tensor(list(labels), dtype=torch.long)
-    return out[ok].contiguous(), lab[ok]
+    return out[ok].contiguous(), lab[ok], [str(p) for p, k in zip(paths, ok.tolist()) if k]
 
 
 def files_fingerprint(paths: Sequence[Path], extra: dict) -> str:
@@ -111,7 +119,7 @@ def cached(key: str, build: Callable[[], ImageSet], cache_dir: Path | None) -> I
         try:
             d = torch.load(path, weights_only=True)
             return ImageSet(d["images"], d["labels"], list(d["class_names"]),
-                            Preprocess.from_dict(d["preprocess"]))
+                            Preprocess.from_dict(d["preprocess"]), d.get("sources"))
         except Exception as e:  # a corrupt cache file is rebuilt, never fatal
             log.warning("ignoring unreadable cache %s (%s)", path, e)
     s = build()
@@ -120,7 +128,7 @@ def cached(key: str, build: Callable[[], ImageSet], cache_dir: Path | None) -> I
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
         os.close(fd)
         torch.save({"images": s.images, "labels": s.labels, "class_names": s.class_names,
-                    "preprocess": s.preprocess.to_dict()}, tmp)
+                    "preprocess": s.preprocess.to_dict(), "sources": s.sources}, tmp)
         os.replace(tmp, path)
     except OSError as e:
         log.warning("could not write cache %s (%s)", path, e)

@@ -67,8 +67,8 @@ def load_omniglot_split(data_root: str | Path | None, split: str, prep: Preproce
     key = f"omniglot-{split}-" + files_fingerprint(paths, {"prep": prep.to_dict()})
 
     def build() -> ImageSet:
-        imgs, labs = decode_files(paths, labels, prep, desc=f"decoding Omniglot {split}")
-        return ImageSet(imgs, labs, names, prep)
+        imgs, labs, src = decode_files(paths, labels, prep, desc=f"decoding Omniglot {split}")
+        return ImageSet(imgs, labs, names, prep, src)
 
     return cached(key, build, cache_dir)
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Omniglot accuracy of every H-network variant after a 30-minute CPU training budget.
+
+Trains each variant with ``training/configs/<variant>_omniglot_cpu30.yaml`` (a separate
+process, so peak memory is per run), then evaluates 1000 test episodes (95% CI) for 5-way
+1-shot, 5-way 5-shot, 20-way 1-shot and 20-way 5-shot on the evaluation alphabets, and prints
+them beside the papers' figures.
+
+    python benchmarks/bench_accuracy.py                       # all variants, ~90 min on 2 cores
+    python benchmarks/bench_accuracy.py --variants proto
+    python benchmarks/bench_accuracy.py --collect-only        # re-read finished runs
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = ["5w1s", "5w5s", "20w1s", "20w5s"]
+PAPER = {  # GPU, full schedules, as reported
+    "proto": ("Snell et al. 2017", [98.8, 99.7, 96.0, 98.9]),
+    "matching": ("Vinyals et al. 2016", [98.1, 98.9, 93.8, 98.5]),
+    "siamese": ("Koch et al. 2015 (via Vinyals et al.)", [96.7, 98.4, 88.0, 96.5]),
+}
+TARGETS = {"proto": [98.0, 99.4, 94.5, 98.3]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", nargs="+", default=list(PAPER))
+    ap.add_argument("--runs-dir", default=str(REPO / "runs" / "bench"))
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--collect-only", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "accuracy.json"))
+    a = ap.parse_args()
+    table = {}
+    for v in a.variants:
+        run_dir = Path(a.runs_dir) / v
+        if not a.collect_only:
+            cmd = [sys.executable, str(REPO / "training" / "train_h.py"), "--config",
+                   str(REPO / "training" / "configs" / f"{v}_omniglot_cpu30.yaml"), "--out", str(run_dir)]
+            if a.data_root:
+                cmd += ["--data-root", a.data_root]
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+        res = json.loads((run_dir / "results.json").read_text())
+        table[v] = {"ours": {s: res[s] for s in SETTINGS}, "train": res["train"],
+                    "paper": dict(zip(SETTINGS, PAPER[v][1])), "paper_source": PAPER[v][0],
+                    "config": f"training/configs/{v}_omniglot_cpu30.yaml"}
+    out = Path(a.out)
+    old = json.loads(out.read_text()) if out.exists() else {}
+    old.update(table)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(old, indent=2) + "\n")
+    print("\n| variant | | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot | CPU training |")
+    print("|---|---|---|---|---|---|---|")
+    for v, r in table.items():
+        ours = " | ".join(f"{100 * r['ours'][s]['accuracy']:.1f} +- {100 * r['ours'][s]['ci95']:.1f}" for s in SETTINGS)
+        paper = " | ".join(f"{x:.1f}" for x in PAPER[v][1])
+        t = r["train"]
+        print(f"| {v} | ours | {ours} | {t['episodes']} episodes, {t['time_s'] / 60:.1f} min, peak {t['peak_rss_mb']:.0f} MB |")
+        print(f"| | paper | {paper} | GPU, full schedule |")
+        if v in TARGETS:
+            met = all(100 * r["ours"][s]["accuracy"] >= x for s, x in zip(SETTINGS, TARGETS[v]))
+            print(f"| | target | {' | '.join(f'{x:.1f}' for x in TARGETS[v])} | {'met' if met else 'NOT met'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

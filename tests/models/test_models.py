@@ -1,0 +1,94 @@
+"""One parametrized test over every registered variant and backbone."""
+import pytest
+import torch
+
+import h_model
+from h_model.checkpoint import save_checkpoint
+from h_model.models import create_model, list_backbones, list_models
+from h_model.preprocess import Preprocess
+
+BACKBONE_CASES = {  # name -> (kwargs, input shape): small but real configurations
+    "conv4": ({"in_channels": 1}, (1, 28, 28)),
+    "resnet12": ({"in_channels": 3, "channels": [8, 16, 16, 32]}, (3, 28, 28)),
+    "inception_resnet_v1": ({}, (3, 96, 96)),
+}
+VARIANT_KWARGS = {"proto": {}, "matching": {"fce": True, "fce_steps": 2}, "siamese": {"hidden": 32}}
+
+
+def test_every_registered_name_has_a_case():
+    assert set(list_backbones()) == set(BACKBONE_CASES)
+    assert set(list_models()) >= set(VARIANT_KWARGS)
+
+
+def episode(shape, way=3, shot=2, query=2, batch=2):
+    torch.manual_seed(0)
+    sx = torch.randn(batch, way * shot, *shape)
+    qx = torch.randn(batch, way * query, *shape)
+    sy = torch.arange(way).repeat_interleave(shot).expand(batch, -1)
+    qy = torch.arange(way).repeat_interleave(query).expand(batch, -1)
+    return sx, sy, qx, qy
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONE_CASES))
+@pytest.mark.parametrize("variant", sorted(VARIANT_KWARGS))
+def test_shapes_gradients_and_checkpoint_round_trip(variant, backbone, tmp_path):
+    if backbone == "inception_resnet_v1" and variant != "proto":
+        pytest.skip("the 23M-parameter face backbone is exercised once, under proto")
+    bkw, shape = BACKBONE_CASES[backbone]
+    model = create_model(variant, backbone, bkw, input_shape=shape, **VARIANT_KWARGS[variant])
+    sx, sy, qx, qy = episode(shape)
+    loss, logits = model.episode_loss(sx, sy, qx, qy)
+    assert logits.shape == (2, 6, 3)
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None for g in grads), "some parameter received no gradient"
+    assert any(float(g.abs().sum()) > 0 for g in grads)
+    assert model(sx[0], sy[0], qx[0]).shape == (6, 3)  # a single unbatched episode
+    # checkpoint round trip: identical predictions in eval mode
+    model.eval()
+    prep = Preprocess(size=shape[1:], channels=shape[0])
+    save_checkpoint(tmp_path, model, {"preprocess": prep.to_dict()})
+    learner = h_model.load(tmp_path, device="cpu")
+    with torch.no_grad():
+        assert torch.equal(model(sx, sy, qx), learner.model(sx, sy, qx))
+    learner2 = h_model.load(tmp_path / "model.safetensors", device="cpu")
+    with torch.no_grad():
+        assert torch.equal(model.embed(qx[0]), learner2.model.embed(qx[0]))
+
+
+def test_create_model_by_combined_name_and_unknown_name():
+    m = create_model("proto_conv4")
+    assert m.spec["variant"] == "proto" and m.spec["backbone"] == "conv4"
+    with pytest.raises(KeyError, match="registered"):
+        create_model("nonexistent", "conv4")
+
+
+def test_prototypical_logits_are_negative_squared_distances():
+    model = create_model("proto", "conv4")
+    s = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 3.0]]])
+    y = torch.tensor([[0, 0, 1]])
+    q = torch.tensor([[[1.0, 1.0]]])
+    logits = model.head(s, y, q, 2)  # prototypes (1, 0) and (0, 3)
+    assert torch.allclose(logits, torch.tensor([[[-1.0, -5.0]]]))
+
+
+def test_matching_probabilities_sum_to_one_and_follow_attention():
+    model = create_model("matching", "conv4", learn_scale=False, scale=1.0)
+    s = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    y = torch.tensor([[0, 1]])
+    q = torch.tensor([[[1.0, 0.0]]])
+    p = model.head(s, y, q, 2).exp()
+    e = torch.exp(torch.tensor(1.0))
+    assert torch.allclose(p, torch.tensor([[[e / (e + 1), 1 / (e + 1)]]]))
+
+
+def test_siamese_class_logit_is_best_pair():
+    model = create_model("siamese", "conv4", dim=2)
+    with torch.no_grad():
+        model.distance.weight.copy_(torch.tensor([[-1.0, -1.0]]))
+        model.distance.bias.zero_()
+    s = torch.tensor([[[0.0, 0.0], [5.0, 5.0], [1.0, 0.0]]])
+    y = torch.tensor([[0, 0, 1]])
+    q = torch.tensor([[[4.0, 5.0]]])
+    assert torch.allclose(model.head(s, y, q, 2), torch.tensor([[[-1.0, -8.0]]]))
