@@ -38,35 +38,43 @@ def embed_all(model: FewShotModel, data: ImageSet, device: str | torch.device, b
     return torch.cat(z)
 
 
-@torch.inference_mode()
 def evaluate(model: FewShotModel, data: ImageSet, way: int, shot: int, query: int = 15, episodes: int = 1000,
              seed: int = 1234, device: str | torch.device = "cpu", embeddings: torch.Tensor | None = None,
              progress: bool = False) -> dict[str, Any]:
     """Mean accuracy over ``episodes`` test episodes (fixed by ``seed``).
 
-    In eval mode an image's embedding does not depend on the episode it appears in, so every
-    test image is embedded once (``embeddings``, computed here when not given) and each
-    episode only runs the variant's head on gathered embeddings: identical results to
-    embedding per episode, hundreds of times cheaper.
+    When ``model.embeds_independently`` (every H-network variant), an image's eval-mode
+    embedding does not depend on its episode, so every test image is embedded once
+    (``embeddings``, computed here when not given) and each episode only runs the variant's
+    head on gathered embeddings: identical results, hundreds of times cheaper. Other models
+    (MAML and kin) run ``model(...)`` on every episode.
     """
-    z = embed_all(model, data, device) if embeddings is None else embeddings
-    per_batch = max(1, min(episodes, 200_000 // (way * (shot + query) * max(1, shot))))
+    fast = model.embeds_independently
+    z = (embed_all(model, data, device) if embeddings is None else embeddings) if fast else None
+    images = way * (shot + query)
+    per_batch = max(1, min(episodes, 200_000 // (images * max(1, shot)) if fast else 2000 // images))
     sampler = EpisodeSampler(data, way, shot, query, per_batch, seed=seed)
     was = model.training
     model.eval()
     accs = []
     done = 0
-    labels = torch.arange(way, device=z.device).view(1, way, 1)
+    labels = torch.arange(way, device=device).view(1, way, 1)
     with tqdm(total=episodes, desc=f"eval {way}w{shot}s", leave=False, disable=not progress) as bar:
         while done < episodes:
-            idx, _ = sampler.sample_indices()
-            e = z[idx.to(z.device)]                                    # [B, N, K+Q, D]
-            B = e.shape[0]
-            sz = e[:, :, :shot].reshape(B, way * shot, -1)
-            qz = e[:, :, shot:].reshape(B, way * query, -1)
-            sy = labels.expand(B, way, shot).reshape(B, -1)
-            qy = labels.expand(B, way, query).reshape(B, -1)
-            logits = model.head(sz, sy, qz, way)
+            if fast:
+                with torch.inference_mode():
+                    idx, _ = sampler.sample_indices()
+                    e = z[idx.to(z.device)]                                    # [B, N, K+Q, D]
+                    B = e.shape[0]
+                    sy = labels.expand(B, way, shot).reshape(B, -1)
+                    qy = labels.expand(B, way, query).reshape(B, -1)
+                    logits = model.head(e[:, :, :shot].reshape(B, way * shot, -1), sy,
+                                        e[:, :, shot:].reshape(B, way * query, -1), way)
+            else:
+                with torch.no_grad():
+                    ep = sampler.sample().to(device, data.preprocess)
+                    qy, B = ep.query_y, ep.query_y.shape[0]
+                    logits = model(ep.support_x, ep.support_y, ep.query_x, way=way)
             accs.append((logits.argmax(-1) == qy).float().mean(-1).cpu())
             done += B
             bar.update(B)

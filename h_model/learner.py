@@ -58,7 +58,7 @@ class Learner:
         x = self.tensors(images)
         return torch.cat([self.model.embed(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).float().cpu().numpy()
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: MAML-style learners adapt with autograd inside
     def predict(self, support_images: Sequence[ImageInput], support_labels: Sequence[Hashable],
                 query_images: Sequence[ImageInput]) -> Prediction:
         """Classify queries among the support set's classes, in the caller's own label values."""

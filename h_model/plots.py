@@ -13,11 +13,12 @@ def plot_curves(metrics_csv: Path, out_png: Path, title: str = "") -> None:
 
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
-    ep = [int(r["episode"]) for r in rows]
+    train = [r for r in rows if r["loss"] != ""]
+    ep = [int(r["episode"]) for r in train]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot(ep, [float(r["loss"]) for r in rows], color="tab:blue")
+    a.plot(ep, [float(r["loss"]) for r in train], color="tab:blue")
     a.set(xlabel="episode", ylabel="training loss", yscale="log", title="loss")
-    b.plot(ep, [100 * float(r["train_acc"]) for r in rows], label="train (query)", color="tab:blue", alpha=0.6)
+    b.plot(ep, [100 * float(r["train_acc"]) for r in train], label="train (query)", color="tab:blue", alpha=0.6)
     val = [(int(r["episode"]), 100 * float(r["val_acc"])) for r in rows if r["val_acc"]]
     if val:
         b.plot(*zip(*val), "o-", label="validation", color="tab:red")

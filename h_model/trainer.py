@@ -93,11 +93,21 @@ class TrainConfig:
             parse_setting(s)
 
 
-def lr_factor(cfg: TrainConfig, episode: int) -> float:
+def progress(cfg: TrainConfig, episode: int, elapsed_s: float) -> float:
+    """Fraction of the run done: by episodes, or by wall time when a time limit comes first."""
+    p = episode / max(cfg.episodes, 1)
+    if cfg.time_limit_min:
+        p = max(p, elapsed_s / (60.0 * cfg.time_limit_min))
+    return min(p, 1.0)
+
+
+def lr_factor(cfg: TrainConfig, episode: int, elapsed_s: float = 0.0) -> float:
+    """Step decay by episodes; cosine decay over the run's progress (so a time-limited run
+    still anneals fully within its budget); or constant."""
     if cfg.lr_schedule == "step":
         return cfg.lr_gamma ** (episode // cfg.lr_step)
     if cfg.lr_schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(episode / max(cfg.episodes, 1), 1.0)))
+        return 0.5 * (1 + math.cos(math.pi * progress(cfg, episode, elapsed_s)))
     return 1.0
 
 
@@ -224,12 +234,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     model.train()
     try:
         while episode < cfg.episodes:
-            if cfg.time_limit_min and time.time() - t0 > 60 * cfg.time_limit_min:
+            now = time.time() - t0
+            if world > 1:  # every rank stops at the same episode
+                flag = torch.tensor([float(now)])
+                dist.broadcast(flag, 0)
+                now = float(flag)
+            if cfg.time_limit_min and now > 60 * cfg.time_limit_min:
                 if main:
                     log.info("time limit of %.1f min reached at episode %d", cfg.time_limit_min, episode)
                 break
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(cfg, episode)
+                g["lr"] = cfg.lr * lr_factor(cfg, episode, now)
             ep = sampler.sample().to(device, prep)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 loss, logits = net(ep.support_x, ep.support_y, ep.query_x, ep.query_y, ep.way)
@@ -278,9 +293,14 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             signal.signal(signal.SIGTERM, old_handler)
     bar.close()
     elapsed = time.time() - t0
-    if best_val < 0 and main:  # a run stopped by its time limit before its first validation
-        best_val, _ = validate()
-        save_checkpoint(out, model, {**run_config, "val_accuracy": best_val, "episode": episode})
+    validated = [r for r in rows if r["val_acc"] != ""]
+    if main and (not validated or int(validated[-1]["episode"]) != episode):  # stopped by the time limit
+        va, vci = validate()
+        rows.append({"episode": episode, "loss": "", "train_acc": "", "val_acc": round(va, 5),
+                     "val_ci95": round(vci, 5), "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 2)})
+        if va > best_val:
+            best_val = va
+            save_checkpoint(out, model, {**run_config, "val_accuracy": va, "episode": episode})
     save_state()
     if world > 1:
         dist.barrier()
@@ -312,7 +332,7 @@ def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes
     from .plots import plot_curves
 
     model, _ = load_checkpoint(out / WEIGHTS, device)
-    z = embed_all(model, test_set, device)
+    z = embed_all(model, test_set, device) if model.embeds_independently else None
     results: dict[str, Any] = {}
     for s in cfg.eval_settings:
         w, k = parse_setting(s)

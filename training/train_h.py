@@ -23,7 +23,8 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 
 # flag -> (TrainConfig field, type, help)
 FLAGS = {
-    "--variant": ("variant", str, "proto, matching or siamese"),
+    "--variant": ("variant", str, "a registered learner: proto, matching, siamese, ..."),
+    "--method": ("variant", str, "same as --variant (the name used for meta-learning baselines)"),
     "--backbone": ("backbone", str, "conv4, resnet12 or inception_resnet_v1"),
     "--dataset": ("dataset", str, "omniglot or folder"),
     "--data-root": ("data_root", str, "data folder (default: $H_DATA_ROOT, else ~/.cache/h_model/data)"),

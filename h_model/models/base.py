@@ -22,6 +22,12 @@ class FewShotModel(nn.Module, ABC):
     of episodes (``[B, S, C, H, W]``) and returns class logits ``[(B,) Q, N]``.
     """
 
+    #: True when, in eval mode, an image's embedding does not depend on the rest of its episode
+    #: (so the evaluator embeds each test image once). Learners that adapt their weights to the
+    #: support set (MAML and kin) set it False: they are evaluated episode by episode, with
+    #: autograd available (``torch.no_grad``, never ``inference_mode``).
+    embeds_independently: bool = True
+
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
