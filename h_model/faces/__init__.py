@@ -1,0 +1,20 @@
+"""Face verification and identification on top of any h_model face checkpoint.
+
+>>> from h_model.faces import FaceVerifier, Gallery
+>>> v = FaceVerifier.load("runs/faces/best")          # an h_model checkpoint trained on face crops
+>>> v.verify("a.jpg", "b.jpg").same
+>>> g = Gallery("my_gallery", verifier=v); g.enroll("ada", ["ada1.jpg", "ada2.jpg"])
+>>> g.identify("who.jpg", k=3).name
+
+No face model is bundled yet: pass a checkpoint path (see :meth:`FaceVerifier.load`).
+"""
+from ..preprocess import ImageDecodeError
+from .detect import Face, FaceDetector, NoFaceError, align_face, load_rgb
+from .gallery import EnrollResult, Gallery, Identification, Match, ModelMismatchError, PersonInfo
+from .pairs import ImageIndex, PairList, make_pairs, pair_metrics, read_pairs, write_pairs
+from .verifier import FaceVerifier, NoModelError, VerifyResult, calibrate_threshold, save_threshold
+
+__all__ = ["Face", "FaceDetector", "NoFaceError", "ImageDecodeError", "align_face", "load_rgb",
+           "FaceVerifier", "VerifyResult", "NoModelError", "calibrate_threshold", "save_threshold",
+           "Gallery", "Identification", "Match", "EnrollResult", "PersonInfo", "ModelMismatchError",
+           "ImageIndex", "PairList", "make_pairs", "pair_metrics", "read_pairs", "write_pairs"]

@@ -1,0 +1,156 @@
+"""Command line: ``python -m h_model.faces <command>``; every command prints JSON.
+
+    verify A.jpg B.jpg --model RUN_DIR [--threshold T]
+    enroll-dir DIR --gallery G --model RUN_DIR        (DIR/<person>/<photos>)
+    identify PHOTO --gallery G --model RUN_DIR [-k 5]
+    list|remove NAME|rename OLD NEW|export FILE|import FILE --gallery G
+    make-pairs ROOT [ROOT...] --out pairs.txt --index index.json [--folds 10 --per-fold 300]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..data.folder import IMAGE_EXTS, list_class_folders
+from ..preprocess import ImageDecodeError
+from .detect import NoFaceError
+from .gallery import Gallery, ModelMismatchError
+from .pairs import make_pairs, split_names, write_pairs
+from .verifier import FaceVerifier, NoModelError
+
+
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _verify(a: argparse.Namespace) -> int:
+    v = FaceVerifier.load(a.model, device=a.device)
+    t = a.threshold if a.threshold is not None else v.threshold
+    if t is None:
+        _print({"same": None, "score": v.score(a.a, a.b), "threshold": None,
+                "note": "the checkpoint has no calibrated threshold: pass --threshold or calibrate one "
+                        "(python -m h_model.faces.evaluate_pairs ... --save-threshold FAR)"})
+    else:
+        _print(v.verify(a.a, a.b, t).to_dict())
+    return 0
+
+
+def _enroll_dir(a: argparse.Namespace) -> int:
+    v = FaceVerifier.load(a.model, device=a.device)
+    root = Path(a.dir)
+    summary: dict[str, Any] = {"persons": 0, "added": 0, "duplicates": 0, "skipped": []}
+    with Gallery(a.gallery, verifier=v) as g:
+        for pdir in sorted(p for p in root.iterdir() if p.is_dir()):
+            photos = sorted(f for f in pdir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            if not photos:
+                continue
+            r = g.enroll(pdir.name, photos, sources=[f"{pdir.name}/{f.name}" for f in photos], skip_failures=True)
+            summary["persons"] += r.added > 0 or r.duplicates > 0
+            summary["added"] += r.added
+            summary["duplicates"] += r.duplicates
+            summary["skipped"] += [{"file": s, "reason": why} for s, why in r.skipped]
+        g.flush()
+    _print(summary)
+    return 0
+
+
+def _identify(a: argparse.Namespace) -> int:
+    v = FaceVerifier.load(a.model, device=a.device)
+    with Gallery(a.gallery, verifier=v) as g:
+        _print(g.identify(a.photo, k=a.k).to_dict())
+    return 0
+
+
+def _gallery_op(a: argparse.Namespace) -> int:
+    with Gallery(a.gallery) as g:
+        if a.cmd == "list":
+            _print([p.__dict__ for p in g.list()])
+        elif a.cmd == "remove":
+            _print({"removed": g.remove(a.name)})
+        elif a.cmd == "rename":
+            g.rename(a.old, a.new)
+            _print({"renamed": [a.old, a.new]})
+        elif a.cmd == "export":
+            _print({"exported": str(g.export(a.file))})
+        else:
+            _print(g.import_from(a.file))
+    return 0
+
+
+def _make_pairs(a: argparse.Namespace) -> int:
+    exclude: set[str] = set()
+    if a.exclude:
+        exclude = {ln.strip() for ln in Path(a.exclude).read_text().splitlines() if ln.strip()}
+    only = None
+    if a.split_seed is not None:
+        names = list_class_folders(a.roots)[2]
+        fr = tuple(float(x) for x in a.fractions.split(","))
+        train, val, test = split_names(names, fr, a.split_seed)  # type: ignore[arg-type]
+        only = {"val": val, "test": test}[a.part]
+    pl, index = make_pairs(a.roots, a.folds, a.per_fold, a.seed, exclude, only)
+    write_pairs(a.out, pl)
+    index.save(a.index)
+    _print({"pairs": str(a.out), "index": str(a.index), "folds": pl.folds, "per_fold": pl.per_fold,
+            "identities": len({p.name1 for p in pl.pairs} | {p.name2 for p in pl.pairs})})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m h_model.faces", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="face checkpoint (h_model run directory)")
+        p.add_argument("--device", default="auto")
+
+    p = sub.add_parser("verify", help="are two photos the same person?")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--threshold", type=float)
+    model_args(p)
+    p.set_defaults(run=_verify)
+    p = sub.add_parser("enroll-dir", help="enroll DIR/<person>/<photos> into a gallery")
+    p.add_argument("dir")
+    p.add_argument("--gallery", required=True)
+    model_args(p)
+    p.set_defaults(run=_enroll_dir)
+    p = sub.add_parser("identify", help="who is this? (top-k gallery persons)")
+    p.add_argument("photo")
+    p.add_argument("--gallery", required=True)
+    p.add_argument("-k", type=int, default=5)
+    model_args(p)
+    p.set_defaults(run=_identify)
+    for name, args in (("list", []), ("remove", ["name"]), ("rename", ["old", "new"]), ("export", ["file"]),
+                       ("import", ["file"])):
+        p = sub.add_parser(name, help=f"{name} gallery persons")
+        for x in args:
+            p.add_argument(x)
+        p.add_argument("--gallery", required=True)
+        p.set_defaults(run=_gallery_op)
+    p = sub.add_parser("make-pairs", help="write an LFW-style pair list + index for class folders")
+    p.add_argument("roots", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--index", required=True)
+    p.add_argument("--folds", type=int, default=10)
+    p.add_argument("--per-fold", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exclude", help="file with training identities to leave out (one per line)")
+    p.add_argument("--split-seed", type=int, help="use only one part of split_classes(seed) identities")
+    p.add_argument("--fractions", default="0.7,0.15,0.15")
+    p.add_argument("--part", choices=("val", "test"), default="test")
+    p.set_defaults(run=_make_pairs)
+    a = ap.parse_args(argv)
+    try:
+        return a.run(a)
+    except (NoModelError, NoFaceError, ImageDecodeError, ModelMismatchError, FileNotFoundError, KeyError,
+            ValueError) as e:
+        _print({"error": f"{type(e).__name__}: {e}"})
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

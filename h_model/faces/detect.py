@@ -1,0 +1,214 @@
+"""Face detection (MTCNN) and eye-aligned face crops.
+
+Every image goes through :mod:`h_model.preprocess` (``_to_pil`` + ``_to_mode``): the same
+decoding as training and prediction, with EXIF orientation, any PIL mode (grayscale, RGBA,
+palette, 16-bit), the decompression-bomb guard, and :class:`ImageDecodeError` for anything that
+is not a readable image. Detection runs on a copy downscaled to ``max_side``; boxes and
+landmarks are mapped back to the original image, and crops are cut from the full resolution.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from ..preprocess import ImageDecodeError, ImageInput, _to_mode, _to_pil
+
+__all__ = ["Face", "FaceDetector", "NoFaceError", "ImageDecodeError", "load_rgb", "image_sha256",
+           "alignment_matrix", "align_face", "center_crop"]
+
+
+class NoFaceError(ValueError):
+    """No face was found in an image (``index`` is its position in a batch, when known)."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+@dataclass
+class Face:
+    """One detected face: ``box`` (x1, y1, x2, y2) and ``landmarks`` (left eye, right eye, nose,
+    mouth left, mouth right; ``[5, 2]`` as x, y) in the original image's pixels, MTCNN's ``prob``,
+    and the aligned RGB ``crop``."""
+
+    box: np.ndarray
+    prob: float
+    landmarks: np.ndarray
+    crop: Image.Image
+
+    @property
+    def area(self) -> float:
+        return float(max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0))
+
+
+def load_rgb(src: ImageInput) -> Image.Image:
+    """Decode any supported input to an RGB PIL image exactly as :func:`h_model.preprocess.load_image` does."""
+    return _to_mode(_to_pil(src), 3)
+
+
+def image_sha256(src: ImageInput) -> str:
+    """SHA-256 of a file's or bytes' content; of the decoded RGB pixels for in-memory images."""
+    if isinstance(src, bytes):
+        return hashlib.sha256(src).hexdigest()
+    if isinstance(src, (str, Path)):
+        try:
+            return hashlib.sha256(Path(src).read_bytes()).hexdigest()
+        except OSError as e:
+            raise ImageDecodeError(f"cannot read image file {src}: {e}") from e
+    img = load_rgb(src)
+    h = hashlib.sha256(f"{img.size[0]}x{img.size[1]}:".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def alignment_matrix(box: np.ndarray, landmarks: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """2x3 similarity transform: rotate about the box centre so the eyes are level, scale the
+    square box side ``max(w, h) * (1 + 2 * margin)`` to ``size`` pixels, centre it in the crop."""
+    (lx, ly), (rx, ry) = landmarks[0], landmarks[1]
+    angle = math.degrees(math.atan2(ry - ly, rx - lx))
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    side = max(box[2] - box[0], box[3] - box[1], 1.0) * (1.0 + 2.0 * margin)
+    m = cv2.getRotationMatrix2D((float(cx), float(cy)), angle, size / float(side))
+    m[:, 2] += (size / 2.0 - cx, size / 2.0 - cy)
+    return m
+
+
+def align_face(img: Image.Image, box: np.ndarray, landmarks: np.ndarray, size: int = 160,
+               margin: float = 0.2) -> Image.Image:
+    """The eye-aligned ``size`` x ``size`` RGB crop of one face (borders replicate the edge)."""
+    m = alignment_matrix(box, landmarks, size, margin)
+    shrink = size / max(box[2] - box[0], box[3] - box[1], 1.0) < 1.0
+    out = cv2.warpAffine(np.asarray(img), m, (size, size),
+                         flags=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return Image.fromarray(out)
+
+
+def center_crop(img: Image.Image, size: int = 160) -> Image.Image:
+    """The central square of a whole image resized to ``size`` (fallback for pre-cropped faces)."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BILINEAR)
+
+
+class FaceDetector:
+    """MTCNN (facenet-pytorch, weights bundled in its wheel) returning every face, largest first.
+
+    ``crop_size``/``margin``: aligned crop side in pixels and extra context as a fraction of the
+    face box on each side. ``max_side``: larger images are downscaled for detection only (faces
+    under ``min_face_size`` pixels *after* that downscale are missed: raise it for group photos).
+    ``pad_retry``: when nothing is found, detect once more on the image padded by this fraction
+    of its longer side (tightly cropped faces, e.g. Extended Yale B, are found that way); 0 turns
+    it off. ``min_prob``: drop detections below this MTCNN probability.
+    """
+
+    def __init__(self, crop_size: int = 160, margin: float = 0.2, min_face_size: int = 20,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_side: int = 1280, pad_retry: float = 0.25,
+                 min_prob: float = 0.0, device: str | torch.device = "cpu") -> None:
+        from facenet_pytorch import MTCNN
+
+        if crop_size < 8 or margin < 0 or max_side < 32:
+            raise ValueError("need crop_size >= 8, margin >= 0 and max_side >= 32")
+        self.crop_size, self.margin, self.max_side = int(crop_size), float(margin), int(max_side)
+        self.pad_retry, self.min_prob, self.min_face_size = float(pad_retry), float(min_prob), int(min_face_size)
+        self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
+                           device=torch.device(device))
+
+    @property
+    def settings(self) -> dict[str, float]:
+        """What shapes the crops (part of a face model's identity)."""
+        return {"crop_size": self.crop_size, "margin": self.margin}
+
+    def detect(self, image: ImageInput) -> list[Face]:
+        """All faces in one image, largest first; :class:`NoFaceError` when there is none."""
+        faces = self.detect_many([image])[0]
+        if not faces:
+            raise NoFaceError("no face found in the image")
+        return faces
+
+    def largest(self, images: Sequence[ImageInput]) -> list[Face]:
+        """The largest face of each image; :class:`NoFaceError` (with ``index``) for one without."""
+        out = []
+        for i, faces in enumerate(self.detect_many(images)):
+            if not faces:
+                raise NoFaceError(f"no face found in image #{i}", index=i)
+            out.append(faces[0])
+        return out
+
+    def detect_many(self, images: Sequence[ImageInput]) -> list[list[Face]]:
+        """Faces of several images (an empty list where none): images of one size share a batch."""
+        if not isinstance(images, (list, tuple)):
+            raise TypeError("detect_many expects a list of images")
+        rgb = []
+        for i, src in enumerate(images):
+            try:
+                rgb.append(load_rgb(src))
+            except ImageDecodeError as e:
+                raise ImageDecodeError(f"image #{i}: {e}") from e
+        small, scales = zip(*(self._downscale(im) for im in rgb)) if rgb else ((), ())
+        found = self._detect_grouped(list(small))
+        if self.pad_retry > 0:
+            missing = [i for i, f in enumerate(found) if f is None]
+            for i, res in zip(missing, self._detect_padded([small[i] for i in missing])):
+                found[i] = res
+        return [self._faces(rgb[i], found[i], scales[i]) for i in range(len(rgb))]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _downscale(self, img: Image.Image) -> tuple[Image.Image, float]:
+        f = self.max_side / max(img.size)
+        if f >= 1.0:
+            return img, 1.0
+        size = (max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f)))
+        return img.resize(size, Image.BILINEAR), f
+
+    def _detect_grouped(self, imgs: list[Image.Image]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        """MTCNN over same-size groups; per image (boxes, probs, landmarks) or None."""
+        out: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = [None] * len(imgs)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(imgs):
+            if min(im.size) >= max(self.min_face_size, 12):  # smaller: MTCNN's pyramid is empty
+                groups.setdefault(im.size, []).append(i)
+        for idx in groups.values():
+            boxes, probs, points = self.mtcnn.detect([imgs[i] for i in idx], landmarks=True)
+            for j, i in enumerate(idx):
+                if boxes[j] is None:
+                    continue
+                b = np.asarray(boxes[j], dtype=np.float32).reshape(-1, 4)
+                p = np.asarray(probs[j], dtype=np.float32).reshape(-1)
+                lm = np.asarray(points[j], dtype=np.float32).reshape(-1, 5, 2)
+                keep = p >= self.min_prob
+                if keep.any():
+                    out[i] = (b[keep], p[keep], lm[keep])
+        return out
+
+    def _detect_padded(self, imgs: list[Image.Image]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
+        padded, pads = [], []
+        for im in imgs:
+            pad = int(round(self.pad_retry * max(im.size)))
+            a = cv2.copyMakeBorder(np.asarray(im), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            padded.append(Image.fromarray(a))
+            pads.append(pad)
+        res = self._detect_grouped(padded)
+        out: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+        for r, pad in zip(res, pads):
+            out.append(None if r is None else (r[0] - pad, r[1], r[2] - pad))
+        return out
+
+    def _faces(self, img: Image.Image, found: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+               scale: float) -> list[Face]:
+        if found is None:
+            return []
+        boxes, probs, points = found
+        boxes, points = boxes / scale, points / scale
+        faces = [Face(box=b, prob=float(p), landmarks=lm,
+                      crop=align_face(img, b, lm, self.crop_size, self.margin))
+                 for b, p, lm in zip(boxes, probs, points)]
+        return sorted(faces, key=lambda f: -f.area)

@@ -1,0 +1,240 @@
+"""Face verification and identification with any h_model checkpoint trained on face crops.
+
+A face checkpoint is an ordinary h_model checkpoint directory (RGB ``preprocess``, e.g. 160x160)
+whose ``config.json`` may carry a ``"face"`` entry::
+
+    "face": {"threshold": 0.62, "far": 0.001, "crop_size": 160, "margin": 0.2}
+
+``threshold``/``far`` come from :func:`calibrate_threshold` + :func:`save_threshold` on
+validation pairs; ``crop_size``/``margin`` say how the training crops were aligned (defaults:
+the preprocess size and 0.2), so verification crops faces exactly as training did.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..checkpoint import resolve_checkpoint, write_json
+from ..learner import Learner
+from ..preprocess import ImageDecodeError, ImageInput
+from .detect import Face, FaceDetector, NoFaceError, load_rgb
+
+if TYPE_CHECKING:
+    from .gallery import Gallery, Identification
+
+__all__ = ["FaceVerifier", "VerifyResult", "NoModelError", "calibrate_threshold", "save_threshold",
+           "cosine", "l2_normalize"]
+
+DEFAULT_MARGIN = 0.2
+
+
+class NoModelError(ValueError):
+    """No face checkpoint was given (and none is bundled)."""
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(n, 1e-12)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(l2_normalize(a.reshape(-1)) @ l2_normalize(b.reshape(-1)))
+
+
+@dataclass
+class VerifyResult:
+    """``same`` is ``score >= threshold``; ``score`` is the cosine similarity (higher = more alike)."""
+
+    same: bool
+    score: float
+    threshold: float
+    far: float | None = None
+    faces: tuple[int, int] = (1, 1)
+    boxes: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def calibrate_threshold(scores: Sequence[float] | np.ndarray, same: Sequence[bool] | np.ndarray,
+                        far: float = 1e-3) -> float:
+    """The lowest threshold whose false-accept rate on these validation pairs is at most ``far``.
+
+    Decisions are ``score >= threshold``. With ``n`` impostor pairs at most ``floor(far * n)``
+    of them may score at or above it; with fewer than ``1 / far`` impostors that is none, so the
+    threshold sits just above the best impostor (the target FAR is not resolvable below ``1/n``).
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    y = np.asarray(same, dtype=bool).reshape(-1)
+    if s.shape != y.shape:
+        raise ValueError(f"{s.size} scores but {y.size} labels")
+    if not 0.0 <= far < 1.0:
+        raise ValueError("far must be in [0, 1)")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinity")
+    imp = np.sort(s[~y])[::-1]
+    if imp.size == 0:
+        raise ValueError("calibration needs impostor (different-person) pairs")
+    allowed = int(np.floor(far * imp.size + 1e-9))
+    return float(np.nextafter(imp[allowed], np.inf))
+
+
+def save_threshold(checkpoint: str | Path, threshold: float, far: float | None = None, **extra: Any) -> Path:
+    """Store the decision threshold under ``"face"`` in the checkpoint's config.json (atomic rewrite)."""
+    _, cfg_path = resolve_checkpoint(checkpoint)
+    config = json.loads(cfg_path.read_text())
+    face = dict(config.get("face") or {})
+    face.update({"threshold": float(threshold), "far": None if far is None else float(far), **extra})
+    config["face"] = face
+    write_json(cfg_path, config)
+    return cfg_path
+
+
+def model_fingerprint(checkpoint: str | Path, detector_settings: dict[str, Any]) -> str:
+    """Identity of what produces an embedding: weights bytes, preprocess and crop alignment."""
+    weights, cfg_path = resolve_checkpoint(checkpoint)
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    config = json.loads(cfg_path.read_text())
+    h.update(json.dumps({"preprocess": config.get("preprocess"), "model": config.get("model"),
+                         "align": detector_settings}, sort_keys=True).encode())
+    return "sha256:" + h.hexdigest()[:24]
+
+
+def align_settings(learner: Learner) -> dict[str, Any]:
+    """Crop size and margin the checkpoint was trained with (config "face"), else its input size and 0.2."""
+    face = dict(learner.config.get("face") or {})
+    return {"crop_size": int(face.get("crop_size") or max(learner.preprocess.size)),
+            "margin": float(face.get("margin", DEFAULT_MARGIN))}
+
+
+class FaceVerifier:
+    """Detect + align faces, embed them with a checkpoint's :class:`Learner`, compare by cosine."""
+
+    def __init__(self, learner: Learner, detector: FaceDetector | None = None, threshold: float | None = None,
+                 far: float | None = None, model_id: str | None = None) -> None:
+        self.learner = learner
+        face = dict(learner.config.get("face") or {})
+        self.detector = detector or FaceDetector(**align_settings(learner), device=learner.device)
+        t = threshold if threshold is not None else face.get("threshold")
+        self.threshold = None if t is None else float(t)
+        self.far = far if far is not None else face.get("far")
+        # a verifier built from an in-memory learner has no durable identity (galleries need load())
+        self.model_id = model_id or "unsaved:" + hex(id(learner.model))
+
+    @classmethod
+    def load(cls, path: str | Path | None, device: str | torch.device | None = "auto",
+             threshold: float | None = None, **detector_kwargs: Any) -> "FaceVerifier":
+        """Load a face checkpoint (run directory or ``model.safetensors``).
+
+        ``detector_kwargs`` override the :class:`FaceDetector` settings (crop_size, margin, ...).
+        """
+        if path is None:
+            raise NoModelError(
+                "no bundled face model is available yet: pass a face checkpoint trained with h_model "
+                "(an h_model run directory with RGB preprocess), e.g. FaceVerifier.load('runs/faces/best') "
+                "or --model PATH on the command line")
+        learner = Learner.load(path, device)
+        detector = FaceDetector(**{**align_settings(learner), **detector_kwargs, "device": learner.device})
+        return cls(learner, detector, threshold, model_id=model_fingerprint(path, detector.settings))
+
+    # -- detection and embedding -------------------------------------------------------------
+    def detect(self, image: ImageInput) -> list[Face]:
+        """Every face of one image, largest first (:class:`NoFaceError` when none)."""
+        return self.detector.detect(image)
+
+    def embed_crops(self, crops: Sequence[ImageInput], normalize: bool = True) -> np.ndarray:
+        """Embeddings of already aligned face crops, through the checkpoint's own preprocessing."""
+        z = self.learner.embed(_image_list(crops))
+        return l2_normalize(z) if normalize else z.astype(np.float32)
+
+    def embed(self, images: Sequence[ImageInput], normalize: bool = True) -> np.ndarray:
+        """``[n, d]`` embeddings of each image's largest face (L2-normalised unless ``normalize=False``).
+
+        Raises :class:`NoFaceError` (``.index`` = the image) when an image has no face.
+        """
+        faces = self.detector.largest(_image_list(images))
+        return self.embed_crops([f.crop for f in faces], normalize)
+
+    def embed_each(self, images: Sequence[ImageInput], normalize: bool = True) -> tuple[np.ndarray, list[str | None]]:
+        """Like :meth:`embed` but never stops: (embeddings of the usable images in order, and per
+        input ``None`` or why it was skipped: undecodable or no face)."""
+        images = _image_list(images)
+        reasons: list[str | None] = [None] * len(images)
+        decoded, keep = [], []
+        for i, src in enumerate(images):
+            try:
+                decoded.append(load_rgb(src))
+                keep.append(i)
+            except ImageDecodeError as e:
+                reasons[i] = f"ImageDecodeError: {e}"
+        crops, used = [], []
+        for i, faces in zip(keep, self.detector.detect_many(decoded)):
+            if faces:
+                crops.append(faces[0].crop)
+                used.append(i)
+            else:
+                reasons[i] = "NoFaceError: no face found"
+        if not crops:
+            return np.zeros((0, 0), np.float32), reasons
+        return self.embed_crops(crops, normalize), reasons
+
+    # -- decisions ---------------------------------------------------------------------------
+    def score(self, a: ImageInput, b: ImageInput) -> float:
+        """Cosine similarity of the largest faces of two images."""
+        z = self.embed([a, b])
+        return float(z[0] @ z[1])
+
+    def verify(self, a: ImageInput, b: ImageInput, threshold: float | None = None) -> VerifyResult:
+        """Same person? Uses ``threshold`` or the checkpoint's calibrated one."""
+        t = self.threshold if threshold is None else float(threshold)
+        if t is None:
+            raise ValueError("this checkpoint has no calibrated face threshold: pass threshold=..., or calibrate "
+                             "one (calibrate_threshold on validation pairs, then save_threshold, or "
+                             "python -m h_model.faces.evaluate_pairs ... --save-threshold)")
+        fa, fb = self.detector.detect_many([a, b])
+        for i, f in enumerate((fa, fb)):
+            if not f:
+                raise NoFaceError(f"no face found in image #{i}", index=i)
+        z = self.embed_crops([fa[0].crop, fb[0].crop])
+        s = float(z[0] @ z[1])
+        return VerifyResult(same=s >= t, score=s, threshold=t, far=self.far, faces=(len(fa), len(fb)),
+                            boxes=[[round(float(v), 2) for v in fa[0].box], [round(float(v), 2) for v in fb[0].box]])
+
+    @torch.inference_mode()
+    def head_logits(self, support_z: np.ndarray, support_y: np.ndarray, query_z: np.ndarray, way: int) -> np.ndarray:
+        """The H-network head: queries ``[q, d]`` scored against ``way`` classes of ``support_z`` -> ``[q, way]``."""
+        dev = self.learner.device
+        sz = torch.as_tensor(np.asarray(support_z, np.float32), device=dev)[None]
+        sy = torch.as_tensor(np.asarray(support_y, np.int64), device=dev)[None]
+        qz = torch.as_tensor(np.asarray(query_z, np.float32), device=dev).reshape(1, -1, sz.shape[-1])
+        return self.learner.model.head(sz, sy, qz, way)[0].float().cpu().numpy()
+
+    def identify(self, image: ImageInput, gallery: "Gallery | str | Path", k: int = 5) -> "Identification":
+        """The top-k enrolled persons for the largest face of ``image`` (open-set: may be unknown)."""
+        from .gallery import Gallery
+
+        z = self.embed([image], normalize=False)[0]
+        if isinstance(gallery, Gallery):
+            return gallery.identify(z, k=k, verifier=self)
+        with Gallery(gallery, verifier=self) as g:
+            return g.identify(z, k=k, verifier=self)
+
+
+
+def _image_list(images: Sequence[ImageInput]) -> list[ImageInput]:
+    """A list of images; one bare image (a path, bytes, a PIL image) is a caller's mistake."""
+    if isinstance(images, (str, Path, bytes, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4):
+        raise TypeError("expected a list of images, got a single image: wrap it in a list")
+    return list(images)
