@@ -15,3 +15,5 @@ __version__ = "0.1.0"
 __all__ = ["load", "Learner", "Prediction", "create_model", "list_models", "create_backbone", "list_backbones",
            "FewShotModel", "EpisodeSampler", "Episode", "ImageSet", "Preprocess", "ImageDecodeError",
            "DataNotFoundError", "save_checkpoint", "load_checkpoint"]
+from . import meta  # noqa: F401  (registers the meta-learning variants)
+from .search import nas as _nas  # noqa: F401,E402  (registers the nas_cnn backbone)

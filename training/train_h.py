@@ -25,7 +25,7 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 FLAGS = {
     "--variant": ("variant", str, "a registered learner: proto, matching, siamese, ..."),
     "--method": ("variant", str, "same as --variant (the name used for meta-learning baselines)"),
-    "--backbone": ("backbone", str, "conv4, resnet12 or inception_resnet_v1"),
+    "--backbone": ("backbone", str, "conv4, resnet12, inception_resnet_v1 or nas_cnn (found by training/search_nas.py)"),
     "--dataset": ("dataset", str, "omniglot or folder"),
     "--data-root": ("data_root", str, "data folder (default: $H_DATA_ROOT, else ~/.cache/h_model/data)"),
     "--image-size": ("image_size", int, "input size in pixels (28 or 84 for Omniglot)"),

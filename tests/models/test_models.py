@@ -11,6 +11,8 @@ BACKBONE_CASES = {  # name -> (kwargs, input shape): small but real configuratio
     "conv4": ({"in_channels": 1}, (1, 28, 28)),
     "resnet12": ({"in_channels": 3, "channels": [8, 16, 16, 32]}, (3, 28, 28)),
     "inception_resnet_v1": ({}, (3, 96, 96)),
+    "nas_cnn": ({"layers": [{"filters": 24, "kernel_h": 3, "kernel_w": 5, "stride_h": 2, "stride_w": 1},
+                            {"filters": 36, "kernel_h": 1, "kernel_w": 3, "stride_h": 1, "stride_w": 2}]}, (1, 28, 28)),
 }
 VARIANT_KWARGS = {"proto": {}, "matching": {"fce": True, "fce_steps": 2}, "siamese": {"hidden": 32}}
 

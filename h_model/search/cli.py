@@ -1,0 +1,97 @@
+"""The command-line interface the three search scripts share.
+
+Common flags: ``--budget N`` designs, ``--out DIR``, ``--seed``, ``--device``, ``--resume``,
+``--random`` (uniformly random designs, the baseline) and ``--compare-random`` (the controller
+and the random baseline with the same budget, in ``DIR/controller`` and ``DIR/random``).
+``DIR/results.json`` holds ``best`` (design, reward, how to rebuild it) and each run's summary.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checkpoint import write_json
+from ..learner import pick_device
+from .reinforce import ChoiceSpace, Evaluator, Reinforce, ReinforceConfig
+from .task import ChildConfig, FewShotTask, omniglot_task
+
+log = logging.getLogger("h_model.search")
+
+
+def positive_int(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+def common_parser(description: str, budget: int, steps: int, out: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", type=positive_int, default=budget, help="number of sampled designs (default %(default)s)")
+    ap.add_argument("--time-limit-min", type=float, default=28.0,
+                    help="also stop after this many minutes of search (default %(default)s; 0: no limit)")
+    ap.add_argument("--out", default=out, help="output folder (default %(default)s)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--resume", action="store_true", help="continue the search saved in --out")
+    ap.add_argument("--random", action="store_true", help="uniformly random designs (the baseline), no controller")
+    ap.add_argument("--compare-random", action="store_true",
+                    help="run the controller and the random baseline with the same budget, and compare")
+    ap.add_argument("--data-root", default=None, help="data folder (default: $H_DATA_ROOT)")
+    ap.add_argument("--steps", type=int, default=steps, help="training episodes per child (default %(default)s)")
+    ap.add_argument("--val-classes", type=int, default=60, help="validation classes that score a child")
+    ap.add_argument("--val-episodes", type=int, default=200, help="validation episodes that score a child")
+    ap.add_argument("--controller-lr", type=float, default=0.02)
+    ap.add_argument("--entropy-weight", type=float, default=1e-3)
+    ap.add_argument("--baseline-decay", type=float, default=0.8)
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ap
+
+
+def make_task(a: argparse.Namespace) -> FewShotTask:
+    """The Omniglot child task the flags describe."""
+    cfg = ChildConfig(steps=a.steps, val_episodes=a.val_episodes)
+    return omniglot_task(a.data_root, cfg, val_classes=a.val_classes, seed=a.seed, device=pick_device(a.device))
+
+
+def reinforce_config(a: argparse.Namespace, out: Path, random: bool) -> ReinforceConfig:
+    return ReinforceConfig(budget=a.budget, time_limit_s=60 * a.time_limit_min if a.time_limit_min else None,
+                           lr=a.controller_lr, baseline_decay=a.baseline_decay, entropy_weight=a.entropy_weight,
+                           random=random, seed=a.seed, out=str(out), resume=a.resume, progress=not a.no_progress)
+
+
+def run_search(space: ChoiceSpace, make_evaluator: Callable[[], Evaluator], a: argparse.Namespace,
+               rebuild: Callable[[Any], dict[str, Any]], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the search(es) the flags ask for and write ``--out/results.json``; returns it."""
+    out = Path(a.out)
+    modes = ["controller", "random"] if a.compare_random else ["random" if a.random else "controller"]
+    runs: dict[str, dict[str, Any]] = {}
+    for mode in modes:
+        run_out = out / mode if a.compare_random else out
+        log.info("%s search of %d designs (space of %.3g) into %s", mode, a.budget, space.size(), run_out)
+        runs[mode] = Reinforce(space, make_evaluator(), reinforce_config(a, run_out, mode == "random")).run()
+    best_mode = max(runs, key=lambda m: runs[m]["best"]["reward"] if runs[m]["best"] else -1.0)
+    best = runs[best_mode]["best"]
+    results: dict[str, Any] = {
+        "best": None if best is None else {**best, "mode": best_mode, "rebuild": rebuild(best["design"])},
+        "runs": runs, "space_size": space.size(), "settings": vars(a), **(extra or {})}
+    if a.compare_random:
+        c, r = runs["controller"], runs["random"]
+        results["comparison"] = {
+            "budget": a.budget,
+            "best_reward": {"controller": c["best"]["reward"], "random": r["best"]["reward"]},
+            "mean_reward_second_half": {"controller": c["mean_reward_second_half"], "random": r["mean_reward_second_half"]},
+            "controller_beats_random": c["mean_reward_second_half"] > r["mean_reward_second_half"]}
+    write_json(out / "results.json", results)
+    return results
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    for mode, r in results["runs"].items():
+        b = r["best"]
+        print(f"{mode}: {r['designs']} designs in {r['elapsed_s']:.0f} s, best reward {b['reward']:.4f} "
+              f"(design #{b['index']}), mean {r['mean_reward']:.4f}, second half {r['mean_reward_second_half']:.4f}")
+    if results.get("best"):
+        print("best design:", results["best"]["design"])
