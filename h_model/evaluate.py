@@ -52,7 +52,9 @@ def evaluate(model: FewShotModel, data: ImageSet, way: int, shot: int, query: in
     fast = model.embeds_independently
     z = (embed_all(model, data, device) if embeddings is None else embeddings) if fast else None
     images = way * (shot + query)
-    per_batch = max(1, min(episodes, 200_000 // (images * max(1, shot)) if fast else 2000 // images))
+    # bound the head's largest intermediate (Siamese: [B, Q, S, D] pair differences) to ~200 MB
+    pair_elems = way * query * way * shot * (z.shape[1] if fast else 1)
+    per_batch = max(1, min(episodes, 50_000_000 // pair_elems if fast else 2000 // images))
     sampler = EpisodeSampler(data, way, shot, query, per_batch, seed=seed)
     was = model.training
     model.eval()

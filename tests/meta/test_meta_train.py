@@ -58,6 +58,6 @@ def test_maml_checkpoint_predicts_through_public_api(maml_run, data_root):
     pred = learner.predict(support, [c.name for c in chars], queries)
     assert pred.classes == [c.name for c in chars] and pred.probs.shape == (20, 5)
     np.testing.assert_allclose(pred.probs.sum(1), 1.0, rtol=1e-5)
-    assert np.mean([p == t for p, t in zip(pred.labels, truth)]) >= 0.5  # chance is 0.2
+    assert np.mean([p == t for p, t in zip(pred.labels, truth)]) >= 0.4  # chance is 0.2 (P(>=8 of 20) ~ 0.03)
     again = learner.predict(support, [c.name for c in chars], queries)  # adaptation is deterministic
     np.testing.assert_array_equal(pred.probs, again.probs)
