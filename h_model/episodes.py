@@ -22,13 +22,15 @@ class Episode:
     query_y: torch.Tensor
     classes: torch.Tensor  # [B, N] the ImageSet classes behind labels 0..N-1
     way: int
+    support_idx: torch.Tensor | None = None  # [B, N*K] ImageSet indices of the support images
+    query_idx: torch.Tensor | None = None  # [B, N*Q] ImageSet indices of the query images
 
     def to(self, device: torch.device | str, prep: Preprocess) -> "Episode":
         """Move to ``device`` (as uint8, 4x less traffic) and normalise there."""
         def img(x: torch.Tensor) -> torch.Tensor:
             return prep.normalize(x.to(device, non_blocking=True))
         return Episode(img(self.support_x), self.support_y.to(device), img(self.query_x),
-                       self.query_y.to(device), self.classes, self.way)
+                       self.query_y.to(device), self.classes, self.way, self.support_idx, self.query_idx)
 
 
 class EpisodeSampler:
@@ -85,7 +87,9 @@ class EpisodeSampler:
         qx = imgs[:, :, K:].reshape(B, N * self.query, *imgs.shape[3:])
         sy = labels.expand(B, N, K).reshape(B, N * K)
         qy = labels.expand(B, N, self.query).reshape(B, N * self.query)
-        return Episode(sx, sy, qx, qy, classes, N)
+        s_idx = idx[:, :, :K].reshape(B, N * K)
+        q_idx = idx[:, :, K:].reshape(B, N * self.query)
+        return Episode(sx, sy, qx, qy, classes, N, s_idx, q_idx)
 
     def __iter__(self):
         while True:

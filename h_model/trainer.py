@@ -28,13 +28,15 @@ from .checkpoint import WEIGHTS, atomic_write, load_checkpoint, save_checkpoint,
 from .data import load_splits
 from .episodes import EpisodeSampler
 from .evaluate import embed_all, evaluate, parse_setting
+from .augment import Augment
 from .learner import pick_device
 from .models import FewShotModel, create_model
+from .models.base import embedding_dim
 from .runtime import keep_freed_memory
 
 log = logging.getLogger("h_model.train")
 STATE = "state.pt"
-METRIC_FIELDS = ["episode", "loss", "train_acc", "val_acc", "val_ci95", "lr", "elapsed_s"]
+METRIC_FIELDS = ["episode", "loss", "train_acc", "val_acc", "val_ci95", "lr", "elapsed_s", "distill_loss"]
 
 
 @dataclass
@@ -75,6 +77,12 @@ class TrainConfig:
     resume: bool = False
     checkpoint_every: int = 100
     log_every: int = 10
+    augment: bool | dict[str, Any] = False  # True or {flip, brightness, contrast, rotate_deg, scale, shift}
+    teacher: str | None = None  # distil a pretrained embedder (h_model.faces.teachers) into the backbone
+    teacher_kwargs: dict[str, Any] = field(default_factory=dict)
+    distill_embed: float = 1.0  # weight of the embedding-matching term
+    distill_relation: float = 1.0  # weight of the pairwise-similarity (relational) term
+    face_far: float = 1e-3  # face runs: false-accept rate at which the threshold is calibrated
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -112,14 +120,33 @@ def lr_factor(cfg: TrainConfig, episode: int, elapsed_s: float = 0.0) -> float:
 
 
 class EpisodeLoss(nn.Module):
-    """Wraps a model's ``episode_loss`` as ``forward`` so DistributedDataParallel can hook it."""
+    """Wraps a model's ``episode_loss`` as ``forward`` so DistributedDataParallel can hook it.
 
-    def __init__(self, model: FewShotModel) -> None:
+    With a ``distill`` loss, the backbone's output for the episode (support then query, one
+    call) is captured and matched to the teacher's embeddings of the same images.
+    """
+
+    def __init__(self, model: FewShotModel, distill: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
+        self.distill = distill
 
-    def forward(self, sx, sy, qx, qy, way: int):
-        return self.model.episode_loss(sx, sy, qx, qy, way)
+    def forward(self, sx, sy, qx, qy, way: int, teacher_z: torch.Tensor | None = None):
+        if self.distill is None or teacher_z is None:
+            loss, logits = self.model.episode_loss(sx, sy, qx, qy, way)
+            return loss, logits, None
+        seen: list[torch.Tensor] = []
+        hook = self.model.backbone.register_forward_hook(lambda m, i, o: seen.append(o))
+        try:
+            loss, logits = self.model.episode_loss(sx, sy, qx, qy, way)
+        finally:
+            hook.remove()
+        if len(seen) != 1:
+            raise RuntimeError(f"distillation needs a learner that embeds an episode in one backbone call; "
+                               f"{type(self.model).__name__} made {len(seen)}")
+        z = seen[0].reshape(teacher_z.shape[0], teacher_z.shape[1], -1)
+        d, _ = self.distill(z, teacher_z)
+        return loss + d, logits, d.detach()
 
 
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
@@ -183,12 +210,28 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         w, k = parse_setting(s)
         EpisodeSampler(test_set if s in cfg.eval_settings else val_set, w, k, cfg.eval_query if s in cfg.eval_settings else cfg.test_query)
 
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    augment = Augment.from_config(cfg.augment)
+    aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)
+    distill, teacher_z = None, None
+    if cfg.teacher:
+        from .distill import DistillLoss
+        from .faces.teachers import load_teacher, teacher_embeddings
+
+        teacher = load_teacher(cfg.teacher, **cfg.teacher_kwargs)
+        teacher_z = teacher_embeddings(teacher, train_set.images).float()
+        student_dim = embedding_dim(model.backbone, (prep.channels, *prep.size))
+        distill = DistillLoss(student_dim, teacher_z.shape[1], cfg.distill_embed, cfg.distill_relation).to(device)
+        teacher_z = teacher_z.to(device)
+        run_config["distill"] = {"teacher": teacher.id, "embed": cfg.distill_embed, "relation": cfg.distill_relation}
+    params = list(model.parameters()) + (list(distill.parameters()) if distill is not None else [])
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     episode, best_val, elapsed = 0, -1.0, 0.0
     state_path = out / STATE
     if cfg.resume and state_path.exists():
         st = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(st["model"])
+        if distill is not None and "distill" in st:
+            distill.load_state_dict(st["distill"])
         opt.load_state_dict(st["optimizer"])
         sampler.generator.set_state(st["sampler_rng"])
         torch.set_rng_state(st["torch_rng"])
@@ -199,7 +242,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         log.info("no %s in %s: starting from scratch", STATE, out)
     rows = read_metrics(out / "metrics.csv", episode) if cfg.resume else []
 
-    net: nn.Module = EpisodeLoss(model)
+    net: nn.Module = EpisodeLoss(model, distill)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
@@ -210,6 +253,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if not main:
             return
         st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "episode": episode,
+              **({"distill": distill.state_dict()} if distill is not None else {}),
               "best_val": best_val, "elapsed": elapsed, "sampler_rng": sampler.generator.get_state(),
               "torch_rng": torch.get_rng_state()}
         atomic_write(state_path, lambda tmp: torch.save(st, tmp))
@@ -229,7 +273,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     bar = tqdm(total=cfg.episodes, initial=episode, desc=f"train {cfg.variant}", unit="ep",
                disable=not main, dynamic_ncols=True)
     t0 = time.time() - elapsed
-    acc_loss = acc_acc = 0.0
+    acc_loss = acc_acc = acc_distill = 0.0
     n_acc = 0
     model.train()
     try:
@@ -246,14 +290,19 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(cfg, episode, now)
             ep = sampler.sample().to(device, prep)
+            sx, qx = ep.support_x, ep.query_x
+            if augment is not None:
+                sx, qx = augment(sx, aug_gen), augment(qx, aug_gen)
+            tz = None if teacher_z is None else teacher_z[torch.cat([ep.support_idx, ep.query_idx], 1).to(device)]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                loss, logits = net(ep.support_x, ep.support_y, ep.query_x, ep.query_y, ep.way)
+                loss, logits, dloss = net(sx, ep.support_y, qx, ep.query_y, ep.way, tz)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
             episode += cfg.episodes_per_batch
             acc_loss += float(loss.detach())
+            acc_distill += 0.0 if dloss is None else float(dloss)
             acc_acc += float((logits.argmax(-1) == ep.query_y).float().mean())
             n_acc += 1
             bar.update(cfg.episodes_per_batch)
@@ -261,8 +310,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if (episode % cfg.log_every < cfg.episodes_per_batch or validating) and main:
                 elapsed = time.time() - t0
                 row = {"episode": episode, "loss": round(acc_loss / n_acc, 5), "train_acc": round(acc_acc / n_acc, 5),
-                       "val_acc": "", "val_ci95": "", "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 2)}
-                acc_loss = acc_acc = 0.0
+                       "val_acc": "", "val_ci95": "", "lr": opt.param_groups[0]["lr"], "elapsed_s": round(elapsed, 2),
+                       "distill_loss": round(acc_distill / n_acc, 5) if distill is not None else ""}
+                acc_loss = acc_acc = acc_distill = 0.0
                 n_acc = 0
                 if validating:
                     va, vci = validate()
@@ -306,7 +356,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dist.barrier()
     if not main:
         return {}
-    return finish(cfg, out, test_set, device, episode, elapsed, best_val)
+    return finish(cfg, out, test_set, device, episode, elapsed, best_val, val_set)
 
 
 def tensorboard_writer(out: Path):
@@ -327,8 +377,12 @@ def in_main_thread() -> bool:
 
 
 def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes: int, elapsed: float,
-           best_val: float) -> dict[str, Any]:
-    """Evaluate the best checkpoint on the test classes; write results.json and curves.png."""
+           best_val: float, val_set=None) -> dict[str, Any]:
+    """Evaluate the best checkpoint on the test classes; write results.json and curves.png.
+
+    Face runs also calibrate the verification threshold on validation identities (stored in the
+    checkpoint) and report pair verification on the test identities.
+    """
     from .plots import plot_curves
 
     model, _ = load_checkpoint(out / WEIGHTS, device)
@@ -343,6 +397,11 @@ def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes
                         "episodes_per_s": round(episodes / max(elapsed, 1e-9), 3),
                         "best_val_accuracy": best_val, "peak_rss_mb": round(peak_rss_mb(), 1),
                         "device": str(device)}
+    if cfg.dataset == "faces" and val_set is not None:
+        from .faces.calibrate import calibrate_checkpoint
+
+        results["verification"] = calibrate_checkpoint(out, model, val_set, test_set, device, cfg.face_far,
+                                                       margin=float(cfg.data_kwargs.get("margin", 0.2)))
     write_json(out / "results.json", results)
     try:
         plot_curves(out / "metrics.csv", out / "curves.png", title=f"{cfg.variant} / {cfg.backbone} / {cfg.dataset}")
@@ -355,8 +414,13 @@ def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes
 def format_results(results: dict[str, Any]) -> str:
     lines = ["| setting | accuracy (%) | 95% CI | episodes |", "|---|---|---|---|"]
     for k, v in results.items():
-        if isinstance(v, dict) and "accuracy" in v:
+        if isinstance(v, dict) and "ci95" in v:
             lines.append(f"| {k} | {100 * v['accuracy']:.2f} | +-{100 * v['ci95']:.2f} | {v['episodes']} |")
+    v = results.get("verification")
+    if v:
+        lines.append(f"verification on {v['test_pairs']} test-identity pairs: {100 * v['accuracy']:.2f} "
+                     f"+-{100 * v['accuracy_std']:.2f} % (10-fold), AUC {v['auc']:.4f}, "
+                     f"TAR@FAR1e-3 {v['tar_at_far']['0.001']['tar']:.3f}; threshold {v['threshold']:.4f} at FAR {v['far']:g}")
     t = results.get("train", {})
     if t:
         lines.append(f"trained {t['episodes']} episodes in {t['time_s']:.0f} s on {t['device']} "

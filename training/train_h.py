@@ -2,6 +2,8 @@
 """Train an H-network episodically, validate, keep the best checkpoint, evaluate it.
 
     python training/train_h.py                                   # Prototypical, Conv-4, Omniglot
+    python training/train_h.py --dataset faces --data-root ../shared/data/faces   # face H-model
+    python training/train_h.py --dataset faces --teacher dlib    # distil dlib's face ResNet into it
     python training/train_h.py --config training/configs/matching_omniglot.yaml
     torchrun --nproc_per_node=2 training/train_h.py --episodes 500
 """
@@ -19,14 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from h_model.data import DataNotFoundError  # noqa: E402
 from h_model.trainer import TrainConfig, train  # noqa: E402
 
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+CONFIGS = Path(__file__).parent / "configs"
+# the base config when --config is not given: the dataset's own (faces need other sizes and models)
+DEFAULT_CONFIGS = {"omniglot": CONFIGS / "default.yaml", "faces": CONFIGS / "faces.yaml"}
 
 # flag -> (TrainConfig field, type, help)
 FLAGS = {
     "--variant": ("variant", str, "a registered learner: proto, matching, siamese, ..."),
     "--method": ("variant", str, "same as --variant (the name used for meta-learning baselines)"),
-    "--backbone": ("backbone", str, "conv4, resnet12, inception_resnet_v1 or nas_cnn (found by training/search_nas.py)"),
-    "--dataset": ("dataset", str, "omniglot or folder"),
+    "--backbone": ("backbone", str, "conv4, resnet12, face_resnet, inception_resnet_v1, facenet-vggface2, "
+                                    "facenet-casia or nas_cnn (found by training/search_nas.py)"),
+    "--dataset": ("dataset", str, "omniglot, faces or folder"),
     "--data-root": ("data_root", str, "data folder (default: $H_DATA_ROOT, else ~/.cache/h_model/data)"),
     "--image-size": ("image_size", int, "input size in pixels (28 or 84 for Omniglot)"),
     "--episodes": ("episodes", int, "number of training episodes"),
@@ -44,23 +49,36 @@ FLAGS = {
     "--time-limit-min": ("time_limit_min", float, "stop training after this many minutes"),
     "--seed": ("seed", int, "random seed"),
     "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
+    "--teacher": ("teacher", str, "distil a pretrained face embedder: dlib or facenet-vggface2 "
+                                  "(pip install -r requirements-teacher.txt)"),
+    "--distill-embed": ("distill_embed", float, "weight of the embedding-matching distillation term"),
+    "--distill-relation": ("distill_relation", float, "weight of the relational distillation term"),
     "--out": ("out", str, "run directory"),
 }
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="YAML config (flags override it)")
+    ap.add_argument("--config", default=None, help="YAML config (flags override it; default: the dataset's own "
+                    "config in training/configs, default.yaml for Omniglot)")
+    ap.add_argument("--backbone-weights", default=None, help="local pretrained backbone weights file "
+                    "(facenet-vggface2 / facenet-casia / inception_resnet_v1 offline)")
+    ap.add_argument("--teacher-weights", default=None, help="local weights file of the teacher (facenet-vggface2)")
     for flag, (dest, typ, help_) in FLAGS.items():
         ap.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
     ap.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
     ap.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
     a = ap.parse_args(argv)
-    cfg_path = Path(a.config)
+    cfg_path = Path(a.config) if a.config else DEFAULT_CONFIGS.get(a.dataset or "omniglot", DEFAULT_CONFIGS["omniglot"])
     if not cfg_path.is_file():
         ap.error(f"config file not found: {cfg_path}")
     values = yaml.safe_load(cfg_path.read_text()) or {}
-    values.update({k: v for k, v in vars(a).items() if k != "config" and v is not None})
+    extra = {"config", "backbone_weights", "teacher_weights"}
+    values.update({k: v for k, v in vars(a).items() if k not in extra and v is not None})
+    if a.backbone_weights:
+        values["backbone_kwargs"] = {**(values.get("backbone_kwargs") or {}), "weights_path": a.backbone_weights}
+    if a.teacher_weights:
+        values["teacher_kwargs"] = {**(values.get("teacher_kwargs") or {}), "weights": a.teacher_weights}
     try:
         return TrainConfig.from_dict(values)
     except (TypeError, ValueError) as e:

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from ..preprocess import Preprocess
-from .imageset import ImageSet, cached, decode_files, default_cache_dir, files_fingerprint
+from .imageset import ImageSet, cached, decode_files, files_fingerprint
 from .root import not_found
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
@@ -36,7 +36,7 @@ def list_class_folders(roots: Sequence[str | Path]) -> tuple[list[Path], list[in
 
 
 def load_folder(roots: str | Path | Sequence[str | Path], prep: Preprocess,
-                cache_dir: Path | None = default_cache_dir()) -> ImageSet:
+                cache_dir: Path | str | None = "default") -> ImageSet:
     """Decode every image of the class folders once (cached on disk by a file-list checksum)."""
     roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
     paths, labels, names = list_class_folders(roots)

@@ -110,10 +110,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("H_CACHE_DIR", Path.home() / ".cache" / "h_model"))
 
 
-def cached(key: str, build: Callable[[], ImageSet], cache_dir: Path | None) -> ImageSet:
-    """Load ``key`` from ``cache_dir`` if present, else build it and write it atomically."""
+def cached(key: str, build: Callable[[], ImageSet], cache_dir: Path | str | None) -> ImageSet:
+    """Load ``key`` from ``cache_dir`` if present, else build it and write it atomically.
+
+    ``"default"`` means :func:`default_cache_dir` at call time; ``None`` turns caching off.
+    """
     if cache_dir is None:
         return build()
+    if cache_dir == "default":
+        cache_dir = default_cache_dir()
     path = Path(cache_dir) / f"{key}.pt"
     if path.exists():
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from ..preprocess import Preprocess
-from .imageset import ImageSet, cached, decode_files, default_cache_dir, files_fingerprint
+from .imageset import ImageSet, cached, decode_files, files_fingerprint
 from .root import not_found, resolve_data_root
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def find_omniglot(data_root: str | Path | None, split: str, download: bool = Tru
 
 
 def load_omniglot_split(data_root: str | Path | None, split: str, prep: Preprocess,
-                        cache_dir: Path | None = default_cache_dir(), download: bool = True) -> ImageSet:
+                        cache_dir: Path | str | None = "default", download: bool = True) -> ImageSet:
     """All characters of one split (no rotations), decoded once and cached on disk."""
     folder = find_omniglot(data_root, split, download)
     chars = sorted(p for p in folder.glob("*/*") if p.is_dir())
@@ -75,7 +75,7 @@ def load_omniglot_split(data_root: str | Path | None, split: str, prep: Preproce
 
 def omniglot_splits(data_root: str | Path | None = None, image_size: int = 28, val_classes: int = 64,
                     seed: int = 0, rotations: tuple[int, ...] = ROTATIONS,
-                    cache_dir: Path | None = default_cache_dir(), download: bool = True
+                    cache_dir: Path | str | None = "default", download: bool = True
                     ) -> tuple[ImageSet, ImageSet, ImageSet]:
     """(train, validation, test) ImageSets; validation characters are disjoint from training."""
     prep = omniglot_preprocess(image_size)

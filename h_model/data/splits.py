@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 from ..preprocess import Preprocess
 from ..registry import Registry
+from .faces import faces_splits
 from .folder import load_folder, split_classes
 from .imageset import ImageSet
 from .omniglot import omniglot_splits
@@ -26,6 +27,13 @@ def _folder(data_root: str | list[str] | None = None, image_size: int = 84, chan
         raise ValueError("--dataset folder needs --data-root DIR (a <root>/<class>/<image> tree)")
     prep = Preprocess(size=(image_size, image_size), channels=channels)
     return split_classes(load_folder(data_root, prep), tuple(split), seed)
+
+
+@DATASETS.register("faces")
+def _faces(data_root: str | None = None, image_size: int = 112, seed: int = 0, margin: float = 0.2,
+           sets: list[str] | None = None, split: tuple[float, float, float] = (0.7, 0.15, 0.15), **_: Any) -> Splits:
+    """MTCNN-aligned face crops; ``data_root`` is one <identity>/<photos> set or a folder of such sets."""
+    return faces_splits(data_root, image_size, margin, seed, sets, tuple(split))
 
 
 def load_splits(name: str, **kwargs: Any) -> Splits:

@@ -6,7 +6,7 @@
 >>> g = Gallery("my_gallery", verifier=v); g.enroll("ada", ["ada1.jpg", "ada2.jpg"])
 >>> g.identify("who.jpg", k=3).name
 
-No face model is bundled yet: pass a checkpoint path (see :meth:`FaceVerifier.load`).
+``FaceVerifier.load()`` with no path loads the bundled default face model (``h_model/bundled/faces_default``).
 """
 from ..preprocess import ImageDecodeError
 from .detect import Face, FaceDetector, NoFaceError, align_face, load_rgb

@@ -136,15 +136,18 @@ class FaceVerifier:
     @classmethod
     def load(cls, path: str | Path | None, device: str | torch.device | None = "auto",
              threshold: float | None = None, **detector_kwargs: Any) -> "FaceVerifier":
-        """Load a face checkpoint (run directory or ``model.safetensors``).
+        """Load a face checkpoint (run directory or ``model.safetensors``); ``None`` = the bundled model.
 
         ``detector_kwargs`` override the :class:`FaceDetector` settings (crop_size, margin, ...).
         """
         if path is None:
-            raise NoModelError(
-                "no bundled face model is available yet: pass a face checkpoint trained with h_model "
-                "(an h_model run directory with RGB preprocess), e.g. FaceVerifier.load('runs/faces/best') "
-                "or --model PATH on the command line")
+            from ..bundled import bundled_path
+
+            try:
+                path = bundled_path("faces")
+            except FileNotFoundError as e:
+                raise NoModelError(f"{e}; pass a face checkpoint, e.g. FaceVerifier.load('runs/faces') "
+                                   "or --model PATH on the command line") from e
         learner = Learner.load(path, device)
         detector = FaceDetector(**{**align_settings(learner), **detector_kwargs, "device": learner.device})
         return cls(learner, detector, threshold, model_id=model_fingerprint(path, detector.settings))

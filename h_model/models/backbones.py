@@ -1,4 +1,5 @@
-"""Feature extractors, registered by name: conv4, resnet12, inception_resnet_v1."""
+"""Feature extractors, registered by name: conv4, resnet12, face_resnet, inception_resnet_v1 (and its
+pretrained aliases facenet-vggface2 / facenet-casia)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -78,6 +79,55 @@ def resnet12(in_channels: int = 1, channels: tuple[int, ...] = (64, 160, 320, 64
     return ResNet12(in_channels, tuple(channels))
 
 
+class BasicBlock(nn.Module):
+    """Two conv3x3-BN layers with a residual (1x1 strided projection when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                                  nn.ReLU(inplace=True), nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(cout))
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.shortcut(x))
+
+
+class FaceResNet(nn.Module):
+    """A compact ResNet for aligned face crops (~112x112): strided stem, four residual stages, then
+    the spatial map flattened through a linear layer to a ``dim``-d embedding (face models keep the
+    layout of the face, which global pooling would throw away)."""
+
+    def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (32, 64, 128, 256),
+                 blocks: tuple[int, ...] = (1, 2, 2, 1), dim: int = 128, input_size: int = 112,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, 2, 1, bias=False),
+                                   nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
+        cin = channels[0]
+        for i, (c, n) in enumerate(zip(channels, blocks)):
+            for j in range(n):
+                layers.append(BasicBlock(cin, c, 2 if j == 0 and i > 0 else 1))
+                cin = c
+        self.features = nn.Sequential(*layers)
+        side = -(-input_size // 2 ** len(channels))  # stem and stages 2..4 halve the side
+        self.head = nn.Sequential(nn.BatchNorm2d(cin), nn.Dropout(dropout), nn.Flatten(),
+                                  nn.Linear(cin * side * side, dim, bias=False), nn.BatchNorm1d(dim))
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.contiguous(memory_format=torch.channels_last)))
+
+
+@BACKBONES.register("face_resnet")
+def face_resnet(in_channels: int = 3, channels: tuple[int, ...] = (32, 64, 128, 256),
+                blocks: tuple[int, ...] = (1, 2, 2, 1), dim: int = 128, input_size: int = 112,
+                dropout: float = 0.1) -> nn.Module:
+    return FaceResNet(in_channels, tuple(channels), tuple(blocks), dim, input_size, dropout)
+
+
 class PretrainedWeightsError(RuntimeError):
     """Pretrained weights are neither on disk nor downloadable."""
 
@@ -111,6 +161,18 @@ def inception_resnet_v1(in_channels: int = 3, pretrained: str | None = None,
         for p in net.parameters():
             p.requires_grad_(False)
     return net
+
+
+@BACKBONES.register("facenet-vggface2")
+def facenet_vggface2(in_channels: int = 3, weights_path: str | None = None, freeze: bool = False) -> nn.Module:
+    """InceptionResnetV1 with facenet-pytorch's VGGFace2 weights (downloaded, or ``weights_path``)."""
+    return inception_resnet_v1(in_channels, "vggface2", weights_path, freeze)
+
+
+@BACKBONES.register("facenet-casia")
+def facenet_casia(in_channels: int = 3, weights_path: str | None = None, freeze: bool = False) -> nn.Module:
+    """InceptionResnetV1 with facenet-pytorch's CASIA-WebFace weights (downloaded, or ``weights_path``)."""
+    return inception_resnet_v1(in_channels, "casia-webface", weights_path, freeze)
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
-from .backbones import create_backbone
+from .backbones import BACKBONES, create_backbone
 
 MODELS = Registry("model")
 
@@ -74,9 +74,22 @@ def embedding_dim(backbone: nn.Module, input_shape: tuple[int, int, int]) -> int
     was = backbone.training
     backbone.eval()
     with torch.no_grad():
-        d = backbone(torch.zeros(2, *input_shape)).shape[-1]
+        p = next(backbone.parameters(), None)
+        d = backbone(torch.zeros(2, *input_shape, device=None if p is None else p.device)).shape[-1]
     backbone.train(was)
     return int(d)
+
+
+def backbone_defaults(name: str, input_shape: tuple[int, int, int] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``in_channels`` and ``input_size`` from the input shape, where the backbone takes them and they are not given."""
+    params = inspect.signature(BACKBONES.get(name)).parameters
+    out = dict(kwargs)
+    if input_shape:
+        if "in_channels" in params:
+            out.setdefault("in_channels", int(input_shape[0]))
+        if "input_size" in params:
+            out.setdefault("input_size", int(input_shape[-1]))
+    return out
 
 
 def create_model(name: str, backbone: str | nn.Module = "conv4", backbone_kwargs: dict[str, Any] | None = None,
@@ -87,7 +100,9 @@ def create_model(name: str, backbone: str | nn.Module = "conv4", backbone_kwargs
     """
     if name not in MODELS and "_" in name:
         name, backbone = name.split("_", 1)
-    bb = backbone if isinstance(backbone, nn.Module) else create_backbone(backbone, **(backbone_kwargs or {}))
+    if isinstance(backbone, str):
+        backbone_kwargs = backbone_defaults(backbone, input_shape, backbone_kwargs or {})
+    bb = backbone if isinstance(backbone, nn.Module) else create_backbone(backbone, **backbone_kwargs)
     factory = MODELS.get(name)
     if "dim" in inspect.signature(factory).parameters and kwargs.get("dim") is None and input_shape:
         kwargs["dim"] = embedding_dim(bb, tuple(input_shape))

@@ -11,14 +11,18 @@ BACKBONE_CASES = {  # name -> (kwargs, input shape): small but real configuratio
     "conv4": ({"in_channels": 1}, (1, 28, 28)),
     "resnet12": ({"in_channels": 3, "channels": [8, 16, 16, 32]}, (3, 28, 28)),
     "inception_resnet_v1": ({}, (3, 96, 96)),
+    "face_resnet": ({"channels": [8, 16, 16, 32], "blocks": [1, 1, 1, 1], "dim": 24}, (3, 48, 48)),
     "nas_cnn": ({"layers": [{"filters": 24, "kernel_h": 3, "kernel_w": 5, "stride_h": 2, "stride_w": 1},
                             {"filters": 36, "kernel_h": 1, "kernel_w": 3, "stride_h": 1, "stride_w": 2}]}, (1, 28, 28)),
 }
 VARIANT_KWARGS = {"proto": {}, "matching": {"fce": True, "fce_steps": 2}, "siamese": {"hidden": 32}}
 
 
+PRETRAINED_ALIASES = {"facenet-vggface2": "vggface2", "facenet-casia": "casia-webface"}
+
+
 def test_every_registered_name_has_a_case():
-    assert set(list_backbones()) == set(BACKBONE_CASES)
+    assert set(list_backbones()) == set(BACKBONE_CASES) | set(PRETRAINED_ALIASES)
     assert set(list_models()) >= set(VARIANT_KWARGS)
 
 
@@ -57,6 +61,28 @@ def test_shapes_gradients_and_checkpoint_round_trip(variant, backbone, tmp_path)
     learner2 = h_model.load(tmp_path / "model.safetensors", device="cpu")
     with torch.no_grad():
         assert torch.equal(model.embed(qx[0]), learner2.model.embed(qx[0]))
+
+
+@pytest.mark.parametrize("alias", sorted(PRETRAINED_ALIASES))
+def test_pretrained_face_backbones_load_a_local_weights_file(alias, tmp_path):
+    from facenet_pytorch import InceptionResnetV1
+
+    from h_model.models import create_backbone
+
+    torch.manual_seed(1)
+    ref = InceptionResnetV1(pretrained=None).eval()
+    torch.save(ref.state_dict(), tmp_path / "w.pt")
+    net = create_backbone(alias, weights_path=str(tmp_path / "w.pt"), freeze=True).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(net(x), ref(x))
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_face_resnet_takes_its_input_size_from_the_model_input():
+    m = create_model("proto", "face_resnet", {"channels": [8, 8, 8, 8], "dim": 16}, input_shape=(3, 80, 80))
+    assert m.spec["backbone_kwargs"]["input_size"] == 80 and m.spec["backbone_kwargs"]["in_channels"] == 3
+    assert m.embed(torch.randn(2, 3, 80, 80)).shape == (2, 16)
 
 
 def test_create_model_by_combined_name_and_unknown_name():

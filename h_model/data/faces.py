@@ -1,0 +1,131 @@
+"""Face datasets: every photo of a ``<set>/<identity>/<image>`` tree detected, aligned and cached once.
+
+MTCNN (:class:`h_model.faces.FaceDetector`) finds the largest face of each photo and cuts the
+eye-aligned crop exactly as the verifier does at prediction time, so training crops and query
+crops come from one code path. Photos without a detectable face are skipped and counted. Each
+set is cached on its own (keyed by its file list and the alignment settings), so adding a set
+aligns only that set.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..preprocess import ImageDecodeError, Preprocess
+from .folder import IMAGE_EXTS, list_class_folders, split_classes
+from .imageset import ImageSet, cached, files_fingerprint
+from .root import not_found
+
+log = logging.getLogger(__name__)
+FACE_MEAN = (0.5, 0.5, 0.5)
+FACE_STD = (0.5, 0.5, 0.5)
+
+
+def face_preprocess(size: int) -> Preprocess:
+    """How aligned RGB face crops become model input (stored in every face checkpoint)."""
+    return Preprocess(size=(size, size), channels=3, mean=FACE_MEAN, std=FACE_STD)
+
+
+def face_sets(root: str | Path) -> list[Path]:
+    """The class-folder sets under ``root``: ``root`` itself when its folders hold images, else its subfolders."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise not_found("face data", [root], "Expected <root>/<identity>/<photos> or <root>/<set>/<identity>/<photos>.")
+
+    def holds_images(d: Path) -> bool:
+        return any(f.suffix.lower() in IMAGE_EXTS for c in d.iterdir() if c.is_dir() for f in c.iterdir())
+
+    if holds_images(root):
+        return [root]
+    sets = sorted(d for d in root.iterdir() if d.is_dir() and holds_images(d))
+    if not sets:
+        raise not_found("face photo folders", [root], "Expected <root>/<identity>/<photos> or <root>/<set>/<identity>/<photos>.")
+    return sets
+
+
+def align_folder(root: str | Path, crop_size: int = 112, margin: float = 0.2, batch: int = 32,
+                 cache_dir: Path | str | None = "default") -> ImageSet:
+    """Aligned ``crop_size`` crops of the largest face of every photo in one class-folder set."""
+    root = Path(root).expanduser()
+    paths, labels, names = list_class_folders([root])
+    prep = face_preprocess(crop_size)
+    key = f"faces-{root.name}-" + files_fingerprint(paths, {"crop": crop_size, "margin": margin, "align": "mtcnn-v1"})
+
+    def build() -> ImageSet:
+        from ..faces.detect import FaceDetector, load_rgb
+
+        det = FaceDetector(crop_size=crop_size, margin=margin)
+        crops, labs, srcs = [], [], []
+        unreadable, faceless = 0, 0
+        for i in tqdm(range(0, len(paths), batch), desc=f"aligning {root.name}", unit="batch"):
+            imgs, idx = [], []
+            for j in range(i, min(i + batch, len(paths))):
+                try:
+                    imgs.append(load_rgb(paths[j]))
+                    idx.append(j)
+                except ImageDecodeError:
+                    unreadable += 1
+            for j, faces in zip(idx, det.detect_many(imgs) if imgs else []):
+                if not faces:
+                    faceless += 1
+                    continue
+                crops.append(torch.from_numpy(np.array(faces[0].crop)).permute(2, 0, 1))
+                labs.append(labels[j])
+                srcs.append(str(paths[j]))
+        if unreadable or faceless:
+            log.warning("%s: skipped %d unreadable photo(s) and %d without a detectable face (of %d)",
+                        root.name, unreadable, faceless, len(paths))
+        if not crops:
+            raise ValueError(f"no face found in any photo under {root}")
+        images = torch.stack(crops).contiguous()
+        return ImageSet(images, torch.as_tensor(labs, dtype=torch.long), names, prep, srcs)
+
+    return cached(key, build, cache_dir)
+
+
+def concat_sets(parts: Sequence[ImageSet], prefixes: Sequence[str] | None = None) -> ImageSet:
+    """One ImageSet of several (class names prefixed by their set's name when given)."""
+    imgs, labs, names, srcs, off = [], [], [], [], 0
+    for i, p in enumerate(parts):
+        imgs.append(p.images)
+        labs.append(p.labels + off)
+        names += [f"{prefixes[i]}/{n}" for n in p.class_names] if prefixes else list(p.class_names)
+        srcs += p.sources or [""] * len(p)
+        off += p.num_classes
+    return ImageSet(torch.cat(imgs), torch.cat(labs), names, parts[0].preprocess, srcs)
+
+
+def faces_splits(data_root: str | Path | None = None, image_size: int = 112, margin: float = 0.2, seed: int = 0,
+                 sets: Sequence[str] | None = None, split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                 min_images: int = 2) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """Identity-disjoint (train, validation, test) aligned-face splits, drawn per set by seed,
+    so every set (in-the-wild CelebA included) has held-out identities. Identities with fewer than
+    ``min_images`` detected faces are dropped."""
+    from .root import resolve_data_root
+
+    root = resolve_data_root(data_root)
+    if not data_root and (root / "faces").is_dir():  # the shared data layout: <root>/faces/<set>/...
+        root = root / "faces"
+    found = face_sets(root)
+    if sets:
+        by_name = {p.name: p for p in found}
+        missing = [s for s in sets if s not in by_name]
+        if missing:
+            raise ValueError(f"unknown face set(s) {missing}; {root} holds {sorted(by_name)}")
+        found = [by_name[s] for s in sets]
+    splits: list[list[ImageSet]] = [[], [], []]
+    for path in found:
+        data = align_folder(path, image_size, margin)
+        counts = torch.bincount(data.labels, minlength=data.num_classes)
+        data = data.subset([c for c in range(data.num_classes) if counts[c] >= min_images])
+        data = ImageSet(data.images, data.labels, [f"{path.name}/{n}" for n in data.class_names],
+                        data.preprocess, data.sources)
+        for part, s in zip(splits, split_classes(data, tuple(split), seed)):
+            if s.num_classes:
+                part.append(s)
+    return tuple(concat_sets(p) for p in splits)  # type: ignore[return-value]
