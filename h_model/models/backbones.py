@@ -100,8 +100,8 @@ class FaceResNet(nn.Module):
     the spatial map flattened through a linear layer to a ``dim``-d embedding (face models keep the
     layout of the face, which global pooling would throw away)."""
 
-    def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (32, 64, 128, 256),
-                 blocks: tuple[int, ...] = (1, 2, 2, 1), dim: int = 128, input_size: int = 112,
+    def __init__(self, in_channels: int = 3, channels: tuple[int, ...] = (24, 48, 96, 192),
+                 blocks: tuple[int, ...] = (1, 1, 1, 1), dim: int = 128, input_size: int = 112,
                  dropout: float = 0.1) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 3, 2, 1, bias=False),
@@ -122,8 +122,8 @@ class FaceResNet(nn.Module):
 
 
 @BACKBONES.register("face_resnet")
-def face_resnet(in_channels: int = 3, channels: tuple[int, ...] = (32, 64, 128, 256),
-                blocks: tuple[int, ...] = (1, 2, 2, 1), dim: int = 128, input_size: int = 112,
+def face_resnet(in_channels: int = 3, channels: tuple[int, ...] = (24, 48, 96, 192),
+                blocks: tuple[int, ...] = (1, 1, 1, 1), dim: int = 128, input_size: int = 112,
                 dropout: float = 0.1) -> nn.Module:
     return FaceResNet(in_channels, tuple(channels), tuple(blocks), dim, input_size, dropout)
 
