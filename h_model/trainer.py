@@ -217,7 +217,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         from .distill import DistillLoss
         from .faces.teachers import load_teacher, teacher_embeddings
 
-        teacher = load_teacher(cfg.teacher, **cfg.teacher_kwargs)
+        teacher = load_teacher(cfg.teacher, **{"margin": float(data_kwargs.get("margin", 0.2)), **cfg.teacher_kwargs})
         teacher_z = teacher_embeddings(teacher, train_set.images).float()
         student_dim = embedding_dim(model.backbone, (prep.channels, *prep.size))
         distill = DistillLoss(student_dim, teacher_z.shape[1], cfg.distill_embed, cfg.distill_relation).to(device)

@@ -48,6 +48,37 @@ def face_sets(root: str | Path) -> list[Path]:
     return sets
 
 
+def align_paths(paths: Sequence[Path], crop_size: int = 112, margin: float = 0.2, batch: int = 32,
+                desc: str = "aligning") -> tuple[torch.Tensor, list[int]]:
+    """Aligned uint8 crops ``[M, 3, s, s]`` of the largest face of each photo, and which photos they
+    came from; unreadable and faceless photos are skipped and counted in one warning."""
+    from ..faces.detect import FaceDetector, load_rgb
+
+    det = FaceDetector(crop_size=crop_size, margin=margin)
+    crops, kept = [], []
+    unreadable = faceless = 0
+    for i in tqdm(range(0, len(paths), batch), desc=desc, unit="batch", disable=len(paths) <= batch):
+        imgs, idx = [], []
+        for j in range(i, min(i + batch, len(paths))):
+            try:
+                imgs.append(load_rgb(paths[j]))
+                idx.append(j)
+            except ImageDecodeError:
+                unreadable += 1
+        for j, faces in zip(idx, det.detect_many(imgs) if imgs else []):
+            if not faces:
+                faceless += 1
+                continue
+            crops.append(torch.from_numpy(np.array(faces[0].crop)).permute(2, 0, 1))
+            kept.append(j)
+    if unreadable or faceless:
+        where = Path(paths[0]).parent.parent.name if paths else ""
+        log.warning("%s: skipped %d unreadable photo(s) and %d without a detectable face (of %d)",
+                    where, unreadable, faceless, len(paths))
+    images = torch.stack(crops).contiguous() if crops else torch.zeros((0, 3, crop_size, crop_size), dtype=torch.uint8)
+    return images, kept
+
+
 def align_folder(root: str | Path, crop_size: int = 112, margin: float = 0.2, batch: int = 32,
                  cache_dir: Path | str | None = "default") -> ImageSet:
     """Aligned ``crop_size`` crops of the largest face of every photo in one class-folder set."""
@@ -57,33 +88,11 @@ def align_folder(root: str | Path, crop_size: int = 112, margin: float = 0.2, ba
     key = f"faces-{root.name}-" + files_fingerprint(paths, {"crop": crop_size, "margin": margin, "align": "mtcnn-v1"})
 
     def build() -> ImageSet:
-        from ..faces.detect import FaceDetector, load_rgb
-
-        det = FaceDetector(crop_size=crop_size, margin=margin)
-        crops, labs, srcs = [], [], []
-        unreadable, faceless = 0, 0
-        for i in tqdm(range(0, len(paths), batch), desc=f"aligning {root.name}", unit="batch"):
-            imgs, idx = [], []
-            for j in range(i, min(i + batch, len(paths))):
-                try:
-                    imgs.append(load_rgb(paths[j]))
-                    idx.append(j)
-                except ImageDecodeError:
-                    unreadable += 1
-            for j, faces in zip(idx, det.detect_many(imgs) if imgs else []):
-                if not faces:
-                    faceless += 1
-                    continue
-                crops.append(torch.from_numpy(np.array(faces[0].crop)).permute(2, 0, 1))
-                labs.append(labels[j])
-                srcs.append(str(paths[j]))
-        if unreadable or faceless:
-            log.warning("%s: skipped %d unreadable photo(s) and %d without a detectable face (of %d)",
-                        root.name, unreadable, faceless, len(paths))
-        if not crops:
+        crops, kept = align_paths(paths, crop_size, margin, batch, desc=f"aligning {root.name}")
+        if not kept:
             raise ValueError(f"no face found in any photo under {root}")
-        images = torch.stack(crops).contiguous()
-        return ImageSet(images, torch.as_tensor(labs, dtype=torch.long), names, prep, srcs)
+        return ImageSet(crops, torch.as_tensor([labels[j] for j in kept], dtype=torch.long), names, prep,
+                        [str(paths[j]) for j in kept])
 
     return cached(key, build, cache_dir)
 

@@ -1,6 +1,7 @@
 """Face datasets: MTCNN alignment of real photos, skipping what cannot be used, caching, identity splits."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -97,3 +98,42 @@ def test_face_training_run_calibrates_its_threshold(face_tree: Path, tmp_path: P
     photos = sorted((face_tree / "orl" / "s1").glob("*.pgm"))
     r = verifier.verify(photos[0], photos[0])
     assert r.score == pytest.approx(1.0, abs=1e-5) and r.same
+
+
+def test_distillation_loss_falls_in_a_real_face_run(face_tree: Path, tmp_path: Path) -> None:
+    """train(teacher=...) captures the student's episode embeddings and matches a teacher's."""
+    import csv
+
+    import numpy as np
+    import torch.nn.functional as F
+
+    from h_model.faces.teachers import TEACHERS, Teacher
+    from h_model.trainer import TrainConfig, train
+
+    class PoolTeacher(Teacher):
+        """A real, fixed embedder: 8x8 average-pooled pixels through a fixed random projection."""
+
+        name, dim, id = "test-pool", 16, "test-pool-v1"
+
+        def __init__(self, margin: float = 0.2) -> None:
+            self.w = torch.randn(3 * 8 * 8, 16, generator=torch.Generator().manual_seed(0))
+
+        def embed_crops(self, images: torch.Tensor) -> np.ndarray:
+            x = F.adaptive_avg_pool2d(images.float() / 255, 8).flatten(1) - 0.5
+            return F.normalize(x @ self.w, dim=1).numpy()
+
+    if "test-pool" not in TEACHERS:
+        TEACHERS.register("test-pool")(PoolTeacher)
+    cfg = TrainConfig(variant="proto", backbone="face_resnet",
+                      backbone_kwargs={"channels": [8, 8, 16, 16], "dim": 16}, dataset="faces",
+                      data_root=str(face_tree), image_size=64, data_kwargs={"split": [1 / 3, 1 / 3, 1 / 3]},
+                      teacher="test-pool", distill_embed=1.0, distill_relation=1.0, lr=0.01,
+                      episodes=40, train_way=2, train_shot=1, train_query=2, test_way=2, test_shot=1, test_query=2,
+                      val_every=40, val_episodes=5, eval_settings=["2w1s"], eval_query=2, eval_episodes=5,
+                      log_every=10, out=str(tmp_path / "run"))
+    train(cfg)
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        d = [float(r["distill_loss"]) for r in csv.DictReader(f) if r["distill_loss"]]
+    assert len(d) == 4 and d[-1] < 0.85 * d[0], d
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["distill"]["teacher"] == "test-pool-v1"

@@ -19,9 +19,23 @@ from tests.faces.face_helpers import CROP, make_checkpoint
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_no_model_is_a_clear_error() -> None:
-    with pytest.raises(NoModelError, match="no bundled face model"):
+def test_missing_bundled_model_is_a_clear_error(monkeypatch, tmp_path: Path) -> None:
+    from h_model import bundled
+
+    monkeypatch.setitem(bundled.BUNDLED, "faces", tmp_path / "nowhere")
+    with pytest.raises(NoModelError, match="bundled faces model is missing"):
         FaceVerifier.load(None)
+
+
+def test_bundled_model_loads_with_its_calibrated_threshold(faces_root: Path) -> None:
+    v = FaceVerifier.load(None, device="cpu")
+    assert v.threshold is not None and 0.0 < v.threshold < 1.0 and v.far == pytest.approx(1e-3)
+    people = [sorted((faces_root / "orl" / f"s{i}").iterdir())[:3] for i in (1, 2, 3)]
+    z = v.embed([p for photos in people for p in photos]).reshape(3, 3, -1)
+    sims = np.einsum("aid,bjd->aibj", z, z)
+    same = np.mean([sims[a, i, a, j] for a in range(3) for i in range(3) for j in range(3) if i < j])
+    diff = np.mean([sims[a, i, b, j] for a in range(3) for b in range(3) if a < b for i in range(3) for j in range(3)])
+    assert same > diff + 0.1
 
 
 def test_embed_is_normalised_and_uses_the_largest_face(verifier, faces_root: Path, face_photo: Path) -> None:
