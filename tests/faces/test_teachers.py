@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from h_model.faces.teachers import (TEACHERS, Teacher, TeacherUnavailableError, embeddings_key, extra_unlabelled,
+from h_model.faces.teachers import (TEACHERS, Teacher, TeacherUnavailableError, embeddings_key,
                                     load_teacher, teacher_embeddings)
 
 CROP, MARGIN = 112, 0.2
@@ -186,17 +186,3 @@ def test_dlib_embeddings_cached(celeba_crops, tmp_path: Path):
     assert torch.equal(teacher_embeddings(t, imgs, cache_dir=tmp_path), z) and path.stat().st_mtime_ns == mtime
     other = load_teacher("dlib", margin=0.3)                         # other crop settings: other key
     assert embeddings_key(other, imgs) != embeddings_key(t, imgs)
-
-
-def test_extra_unlabelled_flat_and_nested(faces_root: Path, tmp_path: Path):
-    src = sorted((faces_root / "celeba_align" / "00082").iterdir())[:3]
-    folder = tmp_path / "extra"
-    (folder / "sub").mkdir(parents=True)
-    for p in src[:2]:
-        (folder / p.name).write_bytes(p.read_bytes())
-    (folder / "sub" / src[2].name).write_bytes(src[2].read_bytes())
-    (folder / "notes.txt").write_text("not an image")
-    crops = extra_unlabelled(folder, crop_size=CROP, margin=MARGIN, cache_dir=tmp_path / "cache")
-    assert crops.dtype == torch.uint8 and crops.shape == (3, 3, CROP, CROP)
-    assert len(list((tmp_path / "cache").glob("unlabelled-extra-*.pt"))) == 1
-    assert torch.equal(extra_unlabelled(folder, crop_size=CROP, margin=MARGIN, cache_dir=tmp_path / "cache"), crops)
