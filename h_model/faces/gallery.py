@@ -4,13 +4,15 @@ Directory layout::
 
     gallery.sqlite   persons, per-photo embeddings (float32), image SHA-256, source file name,
                      time, embedding model id; WAL mode, one transaction per operation
-    index.npz        the FAISS index (serialised bytes + header), written atomically; rebuilt from
-                     SQLite whenever it is missing, corrupt, or stale (generation counter, count
-                     and a hash of the embedding ids disagree with the database)
+    index.npz        the FAISS index (serialised bytes + header + the ids removed from an HNSW
+                     graph), written atomically; rebuilt from SQLite whenever it is missing,
+                     corrupt, stale (generation counter, count and a hash of the embedding ids
+                     disagree with the database) or of another kind than the settings ask for
 
 Identification is open-set few-shot classification with the gallery as the support set: FAISS
-(exact inner product over normalised embeddings; IVF above ``exact_limit`` embeddings) narrows a
-large gallery to ``candidates`` persons, then the model's own head
+(exact inner product over normalised embeddings; above ``exact_limit`` embeddings an HNSW graph,
+or IVF lists with ``approx="ivf"``) narrows a large gallery to ``candidates`` persons, then the
+model's own head
 (:meth:`FewShotModel.head <h_model.models.FewShotModel.head>`: prototypes, matching attention,
 siamese pairs) ranks those persons for the query. Without a model the fallback ranks by cosine
 to each person's mean normalised embedding. A query is ``unknown`` when its best cosine to any
@@ -31,7 +33,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -122,12 +124,19 @@ class Gallery:
     ``model_id`` names the embedding model (``FaceVerifier.model_id``); a new gallery needs one
     (or a ``verifier``), an existing one refuses another. ``threshold`` (default: the verifier's)
     is the open-set cosine threshold. ``exact_limit``: above this many embeddings the index is
-    IVF (``nprobe`` lists searched) instead of exact. ``candidates``: persons passed to the head.
+    approximate instead of exact: ``approx="hnsw"`` (default; a graph with ``hnsw_m`` links per
+    vector, ``ef_search`` candidates kept per query; a removed embedding stays in the graph as a
+    filtered-out id until more than ``max_removed`` of it is removed, then the graph is rebuilt)
+    or ``approx="ivf"`` (``nprobe`` of about ``4 sqrt(n)`` lists searched; exact removal).
+    ``candidates``: persons passed to the head. :meth:`enroll_many` adds many persons at once.
     """
 
     def __init__(self, path: str | Path, model_id: str | None = None, verifier: "FaceVerifier | None" = None,
                  threshold: float | None = None, exact_limit: int = 50_000, nprobe: int = 16,
-                 candidates: int = 32) -> None:
+                 candidates: int = 32, approx: str = "hnsw", hnsw_m: int = 32, ef_construction: int = 40,
+                 ef_search: int = 128, max_removed: float = 0.1) -> None:
+        if approx not in ("hnsw", "ivf"):
+            raise ValueError(f"approx must be 'hnsw' or 'ivf', not {approx!r}")
         self.path = Path(path).expanduser()
         self.path.mkdir(parents=True, exist_ok=True)
         self.verifier = verifier
@@ -135,6 +144,10 @@ class Gallery:
             raise ModelMismatchError(f"model_id {model_id!r} is not the verifier's {verifier.model_id!r}")
         self.threshold = threshold if threshold is not None else (verifier.threshold if verifier else None)
         self.exact_limit, self.nprobe, self.candidates = int(exact_limit), int(nprobe), int(candidates)
+        self.approx, self.hnsw_m, self.ef_construction = approx, int(hnsw_m), int(ef_construction)
+        self.ef_search, self.max_removed = int(ef_search), float(max_removed)
+        self._removed: set[int] = set()  # ids still in an HNSW graph but no longer in the database
+        self._removed_sel: Any = None
         self._lock = threading.RLock()
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
@@ -229,15 +242,50 @@ class Gallery:
         self.close()
 
     # -- the FAISS index ---------------------------------------------------------------------
+    def _kind_for(self, n: int) -> str:
+        """The index kind these settings ask for at ``n`` embeddings: 'flat', 'hnsw' or 'ivf'."""
+        return "flat" if n <= self.exact_limit else self.approx
+
+    @staticmethod
+    def _kind_of(index: Any) -> str:
+        if isinstance(index, faiss.IndexIVF):
+            return "ivf"
+        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+        return "hnsw" if isinstance(inner, faiss.IndexHNSW) else "flat"
+
     def _new_index(self, x: np.ndarray, d: int) -> Any:
-        n = len(x)
-        if n <= self.exact_limit:
+        kind = self._kind_for(len(x))
+        if kind == "flat":
             return faiss.index_factory(d, "IDMap,Flat", faiss.METRIC_INNER_PRODUCT)
+        if kind == "hnsw":
+            graph = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            graph.hnsw.efConstruction = self.ef_construction
+            graph.hnsw.efSearch = self.ef_search
+            return faiss.IndexIDMap(graph)
+        n = len(x)
         nlist = max(1, min(int(4 * math.sqrt(n)), n // 39))
         index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
         index.train(x)
         index.nprobe = self.nprobe
         return index
+
+    def _set_removed(self, removed: Iterable[int]) -> None:
+        self._removed = {int(i) for i in removed}
+        self._removed_sel = None
+
+    def _search(self, q: np.ndarray, k: int) -> np.ndarray:
+        """Ids of the ``k`` nearest stored embeddings of each normalised query row (caller holds the lock)."""
+        params = None
+        if self._kind_of(self._index) == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self.ef_search, k)
+            if self._removed:
+                if self._removed_sel is None:  # built once per change of the removed set
+                    dead = np.fromiter(self._removed, dtype=np.int64, count=len(self._removed))
+                    self._removed_sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(dead))
+                params.sel = self._removed_sel
+        _, found = self._index.search(np.ascontiguousarray(q, dtype=np.float32), k, params=params)
+        return found
 
     def _db_state(self, con: sqlite3.Connection) -> tuple[int, np.ndarray]:
         gen = self._generation(con)
@@ -245,18 +293,23 @@ class Gallery:
         return gen, ids
 
     def _rebuild(self, con: sqlite3.Connection) -> None:
+        id_parts, x_parts = [], []
         con.execute("BEGIN")  # one consistent snapshot
         try:
-            gen = self._generation(con)
-            rows = con.execute("SELECT id, vector FROM embeddings ORDER BY id").fetchall()
+            gen, d = self._generation(con), self.dim
+            cur = con.execute("SELECT id, vector FROM embeddings ORDER BY id")
+            while rows := cur.fetchmany(65536):  # in chunks: a million rows as Python objects is gigabytes
+                id_parts.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+                x_parts.append(np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1))
         finally:
             con.execute("COMMIT")
-        d = self.dim
+        self._set_removed(())
         if d is None:
             self._index, self._gen = None, gen
             return
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        x = l2_normalize(np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(-1, d))
+        ids = np.concatenate(id_parts) if id_parts else np.zeros(0, np.int64)
+        x = l2_normalize(np.concatenate(x_parts)) if x_parts else np.zeros((0, d), np.float32)
+        del x_parts
         index = self._new_index(x, d)
         if len(x):
             index.add_with_ids(x, ids)
@@ -272,6 +325,7 @@ class Gallery:
             with np.load(p, allow_pickle=False) as z:
                 head = json.loads(bytes(z["meta"]).decode())
                 raw = z["faiss"]
+                removed = z["removed"] if "removed" in z.files else np.zeros(0, np.int64)
             if head.get("sha256") != hashlib.sha256(raw.tobytes()).hexdigest():
                 return False
             gen, ids = self._db_state(con)
@@ -279,28 +333,35 @@ class Gallery:
                     (gen, len(ids), _ids_hash(ids), self.model_id):
                 return False
             index = faiss.deserialize_index(raw)
-            if index.ntotal != len(ids):
-                return False
+            kind = self._kind_of(index)
+            if index.ntotal != len(ids) + len(removed) or (len(removed) and kind != "hnsw") \
+                    or kind != self._kind_for(len(ids)):
+                return False  # stale, or the settings now ask for another kind of index
         except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError):
             return False
-        if hasattr(index, "nprobe"):
+        if kind == "ivf":
             index.nprobe = self.nprobe
+        elif kind == "hnsw":
+            faiss.downcast_index(index.index).hnsw.efSearch = self.ef_search
+        self._set_removed(removed)
         self._index, self._gen, self._dirty = index, gen, False
         return True
 
     def _save_index(self) -> None:
         con = self._con()
         gen, ids = self._db_state(con)
-        if gen != self._gen or self._index is None or self._index.ntotal != len(ids):
+        if gen != self._gen or self._index is None or self._index.ntotal != len(ids) + len(self._removed):
             return  # the database moved on: a stale file would only be rebuilt
         raw = faiss.serialize_index(self._index)
+        removed = np.array(sorted(self._removed), dtype=np.int64)
         head = {"format": FORMAT, "generation": gen, "count": int(len(ids)), "ids": _ids_hash(ids),
                 "model_id": self.model_id, "sha256": hashlib.sha256(raw.tobytes()).hexdigest(),
-                "kind": type(self._index).__name__}
+                "kind": type(self._index).__name__, "removed": int(len(removed))}
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
-                np.savez(f, faiss=raw, meta=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8))
+                np.savez(f, faiss=raw, meta=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8),
+                         removed=removed)
                 f.flush()
                 os.fsync(f.fileno())
         atomic_write(self.path / INDEX_NAME, write)
@@ -333,9 +394,12 @@ class Gallery:
 
     @property
     def index_kind(self) -> str:
+        """The FAISS index class in use ("IndexIDMap" exact, "IndexHNSWFlat", "IndexIVFFlat"), or "empty"."""
         with self._lock:
             self._sync()
-            return "empty" if self._index is None else type(self._index).__name__
+            if self._index is None:
+                return "empty"
+            return "IndexHNSWFlat" if self._kind_of(self._index) == "hnsw" else type(self._index).__name__
 
     # -- writes ------------------------------------------------------------------------------
     @property
@@ -416,6 +480,47 @@ class Gallery:
                 after.append(lambda index: self._add_to_index(index, np.stack(added_vecs), added_ids))
         return EnrollResult(name, int(pid), len(added_ids), len(x) - len(added_ids), skipped)
 
+    def enroll_many(self, people: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
+                    model_id: str | None = None) -> dict[str, int]:
+        """Add embeddings of many persons in one transaction (bulk imports, large galleries).
+
+        ``people``: name -> ``[n, d]`` (or ``[d]``) embeddings from ``model_id`` (checked when
+        given); a name already enrolled gets the new embeddings added. Like :meth:`enroll` with
+        ``embeddings=``, photo-less embeddings are not checked for duplicates. Returns the counts.
+        """
+        items = list(people.items() if isinstance(people, Mapping) else people)
+        if not items:
+            return {"persons": 0, "added": 0}
+        names = [str(n).strip() for n, _ in items]
+        if not all(names):
+            raise ValueError("a person needs a non-empty name")
+        parts = [np.asarray(v, dtype=np.float32).reshape(-1, np.shape(v)[-1]) for _, v in items]
+        x = self._check(np.concatenate(parts), model_id)
+        counts = [len(v) for v in parts]
+        now = time.time()
+        with self._write() as (con, after):
+            self._claim_dim(con, x.shape[1])
+            con.executemany("INSERT OR IGNORE INTO persons(name, created) VALUES (?, ?)",
+                            ((n, now) for n in dict.fromkeys(names)))
+            pid: dict[str, int] = {}
+            unique = list(dict.fromkeys(names))
+            for i in range(0, len(unique), 500):
+                part = unique[i:i + 500]
+                pid.update(con.execute(f"SELECT name, id FROM persons WHERE name IN ({','.join('?' * len(part))})",
+                                       part).fetchall())
+            last = con.execute("SELECT COALESCE(MAX(id), 0) FROM embeddings").fetchone()[0]
+            owners = np.repeat(np.array([pid[n] for n in names], dtype=np.int64), counts)
+            con.executemany("INSERT INTO embeddings(person_id, vector, sha256, source, created, model_id) "
+                            "VALUES (?, ?, NULL, NULL, ?, ?)",
+                            ((int(o), v.tobytes(), now, self.model_id) for o, v in zip(owners, x)))
+            # ids grow with insertion order (AUTOINCREMENT, one writer inside this transaction)
+            ids = np.fromiter((r[0] for r in con.execute("SELECT id FROM embeddings WHERE id > ? ORDER BY id",
+                                                         (last,))), dtype=np.int64)
+            if len(ids) != len(x):
+                raise RuntimeError(f"bulk enrollment inserted {len(ids)} embeddings, not {len(x)}")
+            after.append(lambda index: self._add_to_index(index, x, ids))
+        return {"persons": len(pid), "added": int(len(x))}
+
     def _claim_dim(self, con: sqlite3.Connection, d: int) -> None:
         """Inside a write transaction: fix the gallery's embedding size, or refuse another one."""
         row = con.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()
@@ -424,10 +529,18 @@ class Gallery:
         elif int(row[0]) != d:
             raise ModelMismatchError(f"embedding size {d} does not match the gallery's {row[0]}")
 
-    def _add_to_index(self, index: Any, x: np.ndarray, ids: list[int]) -> None:
-        index.add_with_ids(l2_normalize(x), np.array(ids, dtype=np.int64))
-        if index.ntotal > self.exact_limit and not hasattr(index, "nprobe"):
-            raise RuntimeError("outgrew exact search")  # _write drops the index: rebuilt as IVF
+    def _add_to_index(self, index: Any, x: np.ndarray, ids: list[int] | np.ndarray) -> None:
+        if self._kind_of(index) == "flat" and index.ntotal + len(x) > self.exact_limit:
+            raise RuntimeError("outgrew exact search")  # _write drops the index: rebuilt approximate
+        index.add_with_ids(l2_normalize(x), np.asarray(ids, dtype=np.int64))
+
+    def _remove_from_index(self, index: Any, ids: np.ndarray) -> None:
+        if self._kind_of(index) != "hnsw":
+            index.remove_ids(ids)
+            return
+        self._set_removed(self._removed | {int(i) for i in ids})  # an HNSW graph cannot drop nodes
+        if len(self._removed) > self.max_removed * index.ntotal:
+            raise RuntimeError("too many removed ids in the graph")  # _write drops the index: rebuilt
 
     def remove(self, name: str) -> bool:
         """Delete a person and all their embeddings; False when there is no such person."""
@@ -439,7 +552,7 @@ class Gallery:
                            dtype=np.int64)
             con.execute("DELETE FROM persons WHERE id = ?", row)
             if len(ids):
-                after.append(lambda index: index.remove_ids(ids))
+                after.append(lambda index: self._remove_from_index(index, ids))
         return True
 
     def rename(self, old: str, new: str) -> None:
@@ -493,7 +606,9 @@ class Gallery:
         threshold = self.threshold if threshold is None else threshold
         qn = l2_normalize(q)
         con = self._con()
-        n_persons = len(self)
+        # more persons than candidates? (bounded count: COUNT(*) over a million persons is a scan)
+        n_persons = con.execute("SELECT COUNT(*) FROM (SELECT 1 FROM persons LIMIT ?)",
+                                (self.candidates + 1,)).fetchone()[0]
         if n_persons == 0:
             raise ValueError("the gallery is empty")
         with self._lock:
@@ -501,8 +616,7 @@ class Gallery:
             search = None
             if n_persons > self.candidates and self._index is not None:
                 kk = int(min(self._index.ntotal, max(8 * self.candidates, 64)))
-                _, found = self._index.search(qn[None], kk)
-                search = [int(i) for i in found[0] if i >= 0]
+                search = [int(i) for i in self._search(qn[None], kk)[0] if i >= 0]
         if search is None:
             rows = con.execute("SELECT e.person_id, e.vector FROM embeddings e ORDER BY e.id").fetchall()
         else:
@@ -523,7 +637,8 @@ class Gallery:
         col = {p: j for j, p in enumerate(people)}
         x = np.stack([np.frombuffer(r[1], np.float32) for r in rows])
         y = np.array([col[r[0]] for r in rows], dtype=np.int64)
-        cos = l2_normalize(x) @ qn
+        xn = l2_normalize(x)
+        cos = xn @ qn
         sim = np.full(len(people), -np.inf, np.float32)
         np.maximum.at(sim, y, cos)
         if verifier is not None:
@@ -531,7 +646,9 @@ class Gallery:
             method = "head"
             probs = _softmax(scores)
         else:
-            protos = l2_normalize(np.stack([l2_normalize(x[y == j]).mean(0) for j in range(len(people))]))
+            sums = np.zeros((len(people), x.shape[1]), np.float32)
+            np.add.at(sums, y, xn)
+            protos = l2_normalize(sums)  # the normalised mean of each person's normalised embeddings
             scores = (protos @ qn).astype(np.float64)
             method = "prototype-cosine"
             probs = _softmax(10.0 * scores)

@@ -128,7 +128,7 @@ def test_export_import_roundtrip(tmp_path: Path, fmt: str) -> None:
 
 
 def test_ivf_index_above_the_exact_limit_supports_removal(tmp_path: Path) -> None:
-    g, c = filled(tmp_path / "g", n=40, exact_limit=200, candidates=5)
+    g, c = filled(tmp_path / "g", n=40, exact_limit=200, candidates=5, approx="ivf")
     assert g.index_kind == "IndexIDMap"
     for i in range(40, 80):
         g.enroll(f"p{i}", embeddings=shots(people(80)[i], seed=i))  # outgrows exact search
@@ -137,8 +137,71 @@ def test_ivf_index_above_the_exact_limit_supports_removal(tmp_path: Path) -> Non
     g.remove("p55")
     assert g._index.ntotal == 237 and g.identify(people(80)[55], k=5).name != "p55"
     g.close()
-    g = Gallery(tmp_path / "g", exact_limit=200, candidates=5)
+    g = Gallery(tmp_path / "g", exact_limit=200, candidates=5, approx="ivf")
     assert g.index_kind.startswith("IndexIVF") and g.identify(people(80)[60], k=1).name == "p60"
+    g.close()
+
+
+def test_hnsw_index_above_the_exact_limit_removes_by_filtering(tmp_path: Path) -> None:
+    path = tmp_path / "g"
+    c = people(100)
+    g = Gallery(path, model_id="m1", exact_limit=150, candidates=5, max_removed=0.05)
+    g.enroll_many({f"p{i}": shots(c[i], seed=i) for i in range(40)})
+    assert g.index_kind == "IndexIDMap" and g._index.ntotal == 120
+    g.enroll_many({f"p{i}": shots(c[i], seed=i) for i in range(40, 100)})  # outgrows exact search
+    assert g.index_kind == "IndexHNSWFlat" and g._index.ntotal == 300
+    assert all(g.identify(shots(c[i], 1, seed=500 + i)[0], k=1).name == f"p{i}" for i in range(0, 100, 7))
+    g.remove("p55")
+    assert g._index.ntotal == 300 and len(g._removed) == 3  # still in the graph, filtered out
+    assert all(m.name != "p55" for m in g.identify(c[55], k=5).matches)
+    g.close()
+    index = path / INDEX_NAME
+    stamp = index.stat().st_mtime_ns
+    g = Gallery(path, exact_limit=150, candidates=5, max_removed=0.05)
+    assert g.index_kind == "IndexHNSWFlat" and len(g._removed) == 3  # the stored graph and its removals
+    assert index.stat().st_mtime_ns == stamp and g.identify(c[55], k=1).name != "p55"
+    assert g.identify(c[60], k=1).name == "p60"
+    for i in range(56, 62):
+        g.remove(f"p{i}")  # more than max_removed of the graph: rebuilt without them
+    assert g.index_kind == "IndexHNSWFlat" and g._index.ntotal == 300 - 21 and not g._removed
+    assert g.identify(c[70], k=1).name == "p70" and g.identify(c[58], k=1).name != "p58"
+    g.close()
+    g = Gallery(path, exact_limit=150, candidates=5, approx="ivf")  # other settings: rebuilt to match
+    assert g.index_kind == "IndexIVFFlat" and g.identify(c[80], k=1).name == "p80"
+    g.close()
+    g = Gallery(path, exact_limit=10_000, candidates=5)
+    assert g.index_kind == "IndexIDMap" and g._index.ntotal == 279
+    g.close()
+
+
+def test_enroll_many_matches_enroll(tmp_path: Path) -> None:
+    c = people(30)
+    bulk = Gallery(tmp_path / "bulk", model_id="m1", threshold=0.5, candidates=4)
+    one = Gallery(tmp_path / "one", model_id="m1", threshold=0.5, candidates=4)
+    assert bulk.enroll_many({}) == {"persons": 0, "added": 0}
+    assert one.index_kind == "empty"
+    batch = [(f"p{i}", shots(c[i], seed=i)) for i in range(30)] + [("p3", c[3])]  # a name twice, a 1-D vector
+    assert bulk.enroll_many(batch, model_id="m1") == {"persons": 30, "added": 91}
+    for name, x in batch:
+        one.enroll(name, embeddings=x)
+    assert len(bulk) == 30 and [(p.name, p.photos) for p in bulk.list()] == [(p.name, p.photos) for p in one.list()]
+    np.testing.assert_array_equal(bulk.embeddings("p3"), one.embeddings("p3"))
+    for i in (0, 3, 17, 29):
+        q = shots(c[i], 1, seed=900 + i)[0]
+        assert bulk.identify(q, k=3).to_dict() == one.identify(q, k=3).to_dict()
+    assert bulk.enroll_many({"p0": c[:1] * 2})["added"] == 1 and bulk.embeddings("p0").shape == (4, D)
+    assert bulk._index.ntotal == 92  # added to the live index after the commit
+    with pytest.raises(ModelMismatchError):
+        bulk.enroll_many({"x": c[:1]}, model_id="m2")
+    with pytest.raises(ModelMismatchError):
+        bulk.enroll_many({"x": np.ones((1, D + 1), np.float32)})
+    with pytest.raises(ValueError):
+        bulk.enroll_many({" ": c[:1]})
+    assert "x" not in {p.name for p in bulk.list()}  # refused batches leave nothing behind
+    bulk.close()
+    one.close()
+    g = Gallery(tmp_path / "bulk")
+    assert g._load_index(g._con()) and g._index.ntotal == 92
     g.close()
 
 

@@ -1,0 +1,121 @@
+"""The face-gallery web demo of the H-network.
+
+    python app/app.py [--host 127.0.0.1] [--port 7860] [--gallery DIR] [--model PATH] [--backbone NAME]
+                      [--fewshot-model PATH] [--omniglot-root DIR] [--device auto] [--concurrency 2]
+    python app/app.py enroll-dir PEOPLE_DIR [--gallery DIR] [--model PATH]   (PEOPLE_DIR/<person>/<photos>)
+
+Serves http://HOST:PORT/ (Gradio, analytics off). ``H_APP_AUTH=user:password`` turns on a login.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":  # run as a script: import the repository's packages, not this folder's files
+    sys.path[0] = str(REPO)
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+DEFAULT_GALLERY = Path.home() / ".local" / "share" / "h_model" / "gallery"
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """``user:password`` (the password may contain colons) -> (user, password); unset/empty -> None."""
+    if not value:
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:
+        raise SystemExit("H_APP_AUTH must look like user:password")
+    return user, password
+
+
+def model_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--gallery", default=str(DEFAULT_GALLERY), help="gallery directory (created if missing)")
+    ap.add_argument("--model", help="face checkpoint: a run directory, or a folder of them (default: bundled)")
+    ap.add_argument("--backbone", help="pick the face model with this backbone among several under --model")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads per process (1 suits a small or shared CPU; 0: torch's default)")
+
+
+def load_faces(a: argparse.Namespace):
+    import torch
+
+    from app.face_demo import FaceDemo, resolve_face_model
+    from h_model.faces import FaceVerifier
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    path = resolve_face_model(a.model, a.backbone)
+    return FaceDemo(FaceVerifier.load(path, device=a.device), a.gallery, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from h_model.faces import ModelMismatchError, NoModelError
+
+    if argv[:1] == ["enroll-dir"]:
+        ap = argparse.ArgumentParser(prog="python app/app.py enroll-dir",
+                                     description="Enroll PEOPLE_DIR/<person>/<photos> into the app's gallery.")
+        ap.add_argument("people_dir")
+        model_args(ap)
+        a = ap.parse_args(argv[1:])
+        try:
+            faces = load_faces(a)
+        except (NoModelError, ModelMismatchError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        try:
+            print(json.dumps(faces.enroll_dir(a.people_dir), indent=2))
+        finally:
+            faces.close()
+        return 0
+
+    ap = argparse.ArgumentParser(prog="python app/app.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    ap.add_argument("--port", type=int, default=7860)
+    model_args(ap)
+    ap.add_argument("--fewshot-model", help="Omniglot checkpoint for the Few-shot tab (default: bundled)")
+    ap.add_argument("--omniglot-root", help="Omniglot images_evaluation folder to sample characters from")
+    ap.add_argument("--concurrency", type=int, default=2, help="requests worked on at once (the rest queue)")
+    a = ap.parse_args(argv)
+    auth = parse_auth(os.environ.get("H_APP_AUTH"))
+
+    import gradio as gr
+    import uvicorn
+    from fastapi import FastAPI
+
+    import h_model
+    from app.fewshot_demo import FewShotDemo, default_omniglot_root
+    from app.ui import build_ui
+    from app.uploads import MAX_ZIP_MB
+
+    try:
+        faces = load_faces(a)
+    except (NoModelError, ModelMismatchError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    fs_path = Path(a.fewshot_model) if a.fewshot_model else h_model.bundled_path("omniglot")
+    fewshot = FewShotDemo(h_model.load(fs_path, a.device), fs_path, a.omniglot_root or default_omniglot_root())
+    demo = build_ui(faces, fewshot)
+    demo.queue(default_concurrency_limit=max(1, a.concurrency), max_size=64)
+    # Served by uvicorn directly (not demo.launch): SIGTERM/SIGINT shut down cleanly, and there is no
+    # launch-time self-check that gives up when a busy machine answers its first request slowly.
+    server = gr.mount_gradio_app(FastAPI(), demo, path="/", server_name=a.host, server_port=a.port, auth=auth,
+                                 allowed_paths=[str(faces.thumbs)], max_file_size=f"{MAX_ZIP_MB}mb",
+                                 show_error=False, ssr_mode=False, mcp_server=False, enable_monitoring=False)
+    print(f"Serving the face gallery demo on http://{a.host}:{a.port}/", flush=True)
+    try:
+        uvicorn.run(server, host=a.host, port=a.port, log_level="warning")
+    finally:
+        faces.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The face side of the demo, free of any UI: enroll, list, rename, delete, identify, verify.
+
+Everything goes through :mod:`h_model.faces`: the verifier's detector finds and aligns faces, its
+model embeds them, the :class:`~h_model.faces.Gallery` stores and searches them (its H-network
+head ranks the candidates). The demo adds one thing the gallery does not keep: a thumbnail per
+person, ``<gallery>/thumbs/<person id>.jpg``, named by the gallery's integer id (never by a name).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from h_model.bundled import bundled_path
+from h_model.checkpoint import atomic_write, resolve_checkpoint
+from h_model.data.folder import IMAGE_EXTS
+from h_model.faces import FaceVerifier, Gallery, NoModelError
+from h_model.faces.detect import image_sha256
+
+from .uploads import InputError, check_name, decode_image, read_bytes, read_upload
+
+MAX_PHOTOS = 20   # per enrollment
+MAX_FACES = 10    # labelled per identify photo
+THUMB = 112
+
+
+@dataclass
+class Detected:
+    """One enrollment photo: its largest face's aligned crop (``None`` with ``problem`` when unusable)."""
+
+    label: str
+    data: bytes
+    crop: Image.Image | None = None
+    faces: int = 0
+    problem: str | None = None
+
+
+@dataclass
+class EnrollOutcome:
+    name: str
+    person_id: int
+    added: int
+    duplicates: int
+    problems: list[str] = field(default_factory=list)
+    crops: list[tuple[Image.Image, str]] = field(default_factory=list)
+
+    def message(self) -> str:
+        text = f"Enrolled **{self.name}**: {self.added} new photo(s)"
+        if self.duplicates:
+            text += f", {self.duplicates} already enrolled"
+        return text + "." + "".join(f"\n- skipped {p}" for p in self.problems)
+
+
+def resolve_face_model(model: str | Path | None, backbone: str | None = None) -> Path:
+    """The face checkpoint to load: ``model`` (a run directory, a weights file, or a folder of run
+    directories), else the bundled one; ``backbone`` picks among several and must match."""
+    if model is None:
+        try:
+            candidates = [bundled_path("faces")]
+        except FileNotFoundError as e:
+            raise NoModelError(f"{e}; start the app with --model PATH (a face checkpoint)") from e
+    else:
+        p = Path(model).expanduser()
+        if p.is_file() or (p / "model.safetensors").is_file():
+            candidates = [p]
+        elif p.is_dir():
+            candidates = sorted(d for d in p.iterdir() if (d / "model.safetensors").is_file())
+        else:
+            raise FileNotFoundError(f"no face model at {p}")
+    if backbone:
+        candidates = [c for c in candidates if checkpoint_config(c)["model"]["backbone"] == backbone]
+    if len(candidates) != 1:
+        what = f"with backbone {backbone!r} " if backbone else ""
+        raise NoModelError(f"{len(candidates)} face models {what}found at {model}: pass one run directory "
+                           "with --model, or --backbone NAME to pick one")
+    return candidates[0]
+
+
+def checkpoint_config(path: str | Path) -> dict[str, Any]:
+    return json.loads(resolve_checkpoint(path)[1].read_text())
+
+
+def measured(path: str | Path) -> dict[str, float]:
+    """Accuracy-like figures of a checkpoint: from its config's ``face`` entry and its ``results.json``."""
+    cfg_path = resolve_checkpoint(path)[1]
+    sources = [checkpoint_config(path).get("face") or {}]
+    if (cfg_path.parent / "results.json").is_file():
+        sources.append(json.loads((cfg_path.parent / "results.json").read_text()))
+
+    def is_metric(key: str) -> bool:
+        return any(w in key.lower() for w in ("acc", "auc", "tar"))
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    found: dict[str, float] = {}
+    for src in sources:
+        for key, val in src.items():
+            if number(val) and is_metric(key):
+                found[key] = float(val)
+            elif isinstance(val, dict):
+                for k2, v2 in val.items():
+                    if number(v2) and (is_metric(key) or is_metric(k2)):
+                        found[f"{key} {k2}"] = float(v2)
+    return found
+
+
+def placeholder(name: str, size: int = THUMB) -> Image.Image:
+    """A grey square with the name's first letter (for people enrolled without the app)."""
+    img = Image.new("RGB", (size, size), (200, 200, 205))
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=size // 2)
+    draw.text((size / 2, size / 2), (name[:1] or "?").upper(), fill=(90, 90, 100), font=font, anchor="mm")
+    return img
+
+
+def draw_faces(img: Image.Image, boxes: list[np.ndarray], labels: list[str], known: list[bool]) -> Image.Image:
+    """A copy of ``img`` with each face boxed (green: known, orange: unknown) and labelled."""
+    out = img.copy()
+    draw = ImageDraw.Draw(out)
+    width = max(2, round(max(img.size) / 250))
+    font = ImageFont.load_default(size=max(12, round(max(img.size) / 30)))
+    for box, label, ok in zip(boxes, labels, known):
+        color = (40, 180, 80) if ok else (240, 140, 20)
+        x1, y1, x2, y2 = (float(v) for v in box)
+        draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
+        tb = draw.textbbox((x1, y1), label, font=font, anchor="lb")
+        draw.rectangle((tb[0] - 2, tb[1] - 2, tb[2] + 2, tb[3] + 2), fill=color)
+        draw.text((x1, y1), label, fill=(255, 255, 255), font=font, anchor="lb")
+    return out
+
+
+def side_by_side(a: Image.Image, b: Image.Image, gap: int = 8) -> Image.Image:
+    h = max(a.height, b.height)
+    out = Image.new("RGB", (a.width + gap + b.width, h), (255, 255, 255))
+    out.paste(a, (0, 0))
+    out.paste(b, (a.width + gap, 0))
+    return out
+
+
+class FaceDemo:
+    """A face model and the gallery it searches; every method is safe to call from many threads."""
+
+    def __init__(self, verifier: FaceVerifier, gallery_dir: str | Path, model_path: str | Path) -> None:
+        self.verifier = verifier
+        self.model_path = Path(model_path)
+        self.gallery = Gallery(gallery_dir, verifier=verifier)
+        self.thumbs = self.gallery.path / "thumbs"
+        self.thumbs.mkdir(exist_ok=True)
+
+    def close(self) -> None:
+        self.gallery.close()
+
+    # -- the model panel -----------------------------------------------------------------------
+    def model_info(self) -> dict[str, Any]:
+        cfg = self.verifier.learner.config
+        spec = cfg.get("model") or {}
+        return {"model": str(self.model_path), "model_id": self.verifier.model_id,
+                "variant": spec.get("variant"), "backbone": spec.get("backbone"),
+                "threshold": self.verifier.threshold, "far": self.verifier.far,
+                "crop": self.verifier.detector.settings, "measured": measured(self.model_path),
+                "gallery": {"directory": str(self.gallery.path), "people": len(self.gallery)}}
+
+    # -- enrollment ----------------------------------------------------------------------------
+    def detect(self, items: list[tuple[str, bytes]]) -> list[Detected]:
+        """Decode each photo and find its largest face (problems are recorded, never raised)."""
+        if len(items) > MAX_PHOTOS:
+            raise InputError(f"At most {MAX_PHOTOS} photos at a time.")
+        found = [Detected(label, data) for label, data in items]
+        decoded: list[tuple[Detected, Image.Image]] = []
+        for d in found:
+            try:
+                decoded.append((d, decode_image(d.data, d.label)))
+            except InputError as e:
+                d.problem = str(e)
+        for (d, _), faces in zip(decoded, self.verifier.detector.detect_many([img for _, img in decoded])):
+            if faces:
+                d.crop, d.faces = faces[0].crop, len(faces)
+            else:
+                d.problem = f"{d.label}: no face found."
+        return found
+
+    def preview(self, paths: list[str] | None) -> tuple[list[tuple[Image.Image, str]], list[str]]:
+        """The aligned crops that enrolling these uploads would save, and what would be skipped."""
+        found = self.detect(upload_items(paths))
+        crops = [(d.crop, d.label + (f" (largest of {d.faces} faces)" if d.faces > 1 else ""))
+                 for d in found if d.crop is not None]
+        return crops, [d.problem for d in found if d.problem]
+
+    def enroll(self, name: str | None, items: list[tuple[str, bytes]]) -> EnrollOutcome:
+        """Add a person (or more photos of one): each photo's largest face, embedded by the model."""
+        name = check_name(name)
+        if not items:
+            raise InputError("Add at least one photo.")
+        found = self.detect(items)
+        ok = [d for d in found if d.crop is not None]
+        problems = [d.problem for d in found if d.problem]
+        if not ok:
+            raise InputError(f"Nothing enrolled for {name}: " + " ".join(problems))
+        z = self.verifier.embed_crops([d.crop for d in ok], normalize=False)
+        r = self.gallery.enroll(name, embeddings=z, model_id=self.verifier.model_id,
+                                sources=[d.label for d in ok], sha256s=[image_sha256(d.data) for d in ok])
+        self._save_thumb(r.person_id, ok[0].crop)
+        return EnrollOutcome(r.name, r.person_id, r.added, r.duplicates, problems, [(d.crop, d.label) for d in ok])
+
+    def enroll_many(self, people: Iterable[tuple[str, list[tuple[str, bytes]]]]) -> dict[str, Any]:
+        """Bulk enrollment from (name, photos) pairs; one person's problems never stop the rest."""
+        summary: dict[str, Any] = {"persons": 0, "added": 0, "duplicates": 0, "skipped": []}
+        for name, items in people:
+            for start in range(0, len(items), MAX_PHOTOS):
+                try:
+                    r = self.enroll(name, items[start:start + MAX_PHOTOS])
+                except InputError as e:
+                    summary["skipped"].append(str(e))
+                    continue
+                summary["persons"] += start == 0
+                summary["added"] += r.added
+                summary["duplicates"] += r.duplicates
+                summary["skipped"] += r.problems
+        return summary
+
+    def enroll_dir(self, root: str | Path) -> dict[str, Any]:
+        """Enroll ``root/<person>/<photos>`` (the command line's ``enroll-dir``)."""
+        root = Path(root)
+
+        def people() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:  # one person in memory at a time
+            for pdir in sorted(p for p in root.iterdir() if p.is_dir()):
+                files = sorted(f for f in pdir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+                if files:
+                    yield pdir.name, [(f"{pdir.name}/{f.name}", f.read_bytes()) for f in files]
+        return self.enroll_many(people())
+
+    # -- the list and edits ----------------------------------------------------------------------
+    def people(self) -> list[dict[str, Any]]:
+        return [{"name": p.name, "person_id": p.person_id, "photos": p.photos} for p in self.gallery.list()]
+
+    def thumb(self, person_id: int, name: str) -> Path | Image.Image:
+        """The person's thumbnail file, or a placeholder image for someone enrolled without the app."""
+        path = self.thumbs / f"{int(person_id)}.jpg"
+        return path if path.is_file() else placeholder(name)
+
+    def people_gallery(self) -> list[tuple[Path | Image.Image, str]]:
+        return [(self.thumb(p["person_id"], p["name"]), f"{p['name']} ({p['photos']} photos)") for p in self.people()]
+
+    def rename(self, old: str | None, new: str | None) -> str:
+        if not old:
+            raise InputError("Choose the person to rename.")
+        new = check_name(new)
+        try:
+            self.gallery.rename(old, new)
+        except KeyError:
+            raise InputError(f"There is no person named {old}.") from None
+        except ValueError as e:
+            raise InputError(str(e).capitalize() + ".") from None
+        return f"Renamed **{old}** to **{new}**."
+
+    def delete(self, name: str | None) -> str:
+        if not name:
+            raise InputError("Choose the person to delete.")
+        ids = [p["person_id"] for p in self.people() if p["name"] == name]
+        if not self.gallery.remove(name):
+            raise InputError(f"There is no person named {name}.")
+        for pid in ids:
+            (self.thumbs / f"{int(pid)}.jpg").unlink(missing_ok=True)
+        return f"Deleted **{name}** and their photos."
+
+    def _save_thumb(self, person_id: int, crop: Image.Image) -> None:
+        path = self.thumbs / f"{int(person_id)}.jpg"
+        if not path.exists():
+            small = crop.resize((THUMB, THUMB), Image.BILINEAR) if crop.size != (THUMB, THUMB) else crop
+            atomic_write(path, lambda tmp: small.save(tmp, format="JPEG", quality=90))
+
+    # -- identify and verify -----------------------------------------------------------------
+    def identify(self, path: str | None, k: int = 3
+                 ) -> tuple[Image.Image, dict[str, Any], list[tuple[Path | Image.Image, str]]]:
+        """Every face in a photo with its best gallery match (or unknown): (boxed image, result, top-k thumbnails)."""
+        img = read_upload(path)
+        if len(self.gallery) == 0:
+            raise InputError("The gallery is empty: enroll someone first (Gallery tab).")
+        faces = self.verifier.detector.detect_many([img])[0][:MAX_FACES]
+        if not faces:
+            raise InputError("No face found in the photo.")
+        z = self.verifier.embed_crops([f.crop for f in faces], normalize=False)
+        k = int(min(max(int(k), 1), 10))
+        out, thumbs, labels = [], [], []
+        for i, face in enumerate(faces):
+            try:
+                r = self.gallery.identify(z[i], k=k, verifier=self.verifier)
+            except ValueError as e:  # the gallery was emptied meanwhile
+                raise InputError(f"Cannot identify: {e}.") from None
+            best = r.matches[0]
+            label = "unknown" if r.unknown else best.name
+            labels.append(f"{label} {best.similarity:.2f}")
+            out.append({"face": i + 1, "box": [round(float(v), 1) for v in face.box], "name": r.name,
+                        "label": label, "score": best.similarity, "unknown": r.unknown,
+                        "matches": [{"name": m.name, "person_id": m.person_id, "score": m.similarity,
+                                     "probability": m.probability} for m in r.matches]})
+            prefix = f"face {i + 1}: " if len(faces) > 1 else ""
+            thumbs += [(self.thumb(m.person_id, m.name), f"{prefix}{m.name} {m.similarity:.2f}") for m in r.matches]
+        boxed = draw_faces(img, [f.box for f in faces], labels, [not f["unknown"] for f in out])
+        return boxed, {"faces": out, "threshold": self.gallery.threshold, "method": r.method}, thumbs
+
+    def verify(self, path_a: str | None, path_b: str | None) -> tuple[dict[str, Any], Image.Image]:
+        """Same person or not: the verifier's decision, and the two aligned crops side by side."""
+        a = read_upload(path_a, "first photo")
+        b = read_upload(path_b, "second photo")
+        if self.verifier.threshold is None:
+            raise InputError("This face model has no calibrated threshold, so it cannot decide same or different.")
+        fa, fb = self.verifier.detector.detect_many([a, b])
+        for faces, which in ((fa, "first"), (fb, "second")):
+            if not faces:
+                raise InputError(f"No face found in the {which} photo.")
+        r = self.verifier.verify(a, b)
+        return r.to_dict(), side_by_side(fa[0].crop, fb[0].crop)
+
+
+def upload_items(paths: list[str] | str | None) -> list[tuple[str, bytes]]:
+    """Uploaded files -> (file name, bytes), refusing wrong types and oversized files by name."""
+    if not paths:
+        raise InputError("Add at least one photo.")
+    if isinstance(paths, (str, Path)):
+        paths = [str(paths)]
+    if len(paths) > MAX_PHOTOS:
+        raise InputError(f"At most {MAX_PHOTOS} photos at a time.")
+    return [(Path(p).name, read_bytes(p)) for p in paths]

@@ -1,0 +1,69 @@
+"""Helpers for the app tests (importable as ``tests.app.app_helpers``): run ``app/app.py`` as a server."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def photos(person: Path, n: int) -> list[Path]:
+    """The first ``n`` photos of an identity folder."""
+    return sorted(person.iterdir())[:n]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class AppServer:
+    """``python app/app.py`` on a free loopback port, in its own process; ``start()`` waits for the page."""
+
+    def __init__(self, gallery: Path, model: Path, workdir: Path, *extra: str) -> None:
+        self.gallery = gallery
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = workdir / f"app-{self.port}.log"
+        self.cmd = [sys.executable, str(REPO / "app" / "app.py"), "--host", "127.0.0.1", "--port", str(self.port),
+                    "--gallery", str(gallery), "--model", str(model), *extra]
+        self.env = {**os.environ, "GRADIO_TEMP_DIR": str(workdir / "gradio"), "PYTHONUNBUFFERED": "1"}
+        self.proc: subprocess.Popen | None = None
+        self.start_s = float("nan")
+
+    def start(self, timeout: float = 240.0) -> "AppServer":
+        t0 = time.perf_counter()
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=REPO)
+        while time.perf_counter() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the app exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    if r.status == 200:
+                        self.start_s = time.perf_counter() - t0
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError(f"the app did not serve {self.url} within {timeout:.0f} s:\n{self.log.read_text()[-3000:]}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGINT)  # Gradio closes; the app flushes its gallery index
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
