@@ -154,7 +154,8 @@ def build_ui(faces: FaceDemo, fewshot: FewShotDemo) -> gr.Blocks:
         rows = []
         for f in result["faces"]:
             who = "**unknown**" if f["unknown"] else f"**{f['name']}**"
-            rows.append(f"Face {f['face']}: {who}, score {f['score']:.3f} (threshold {result['threshold']})")
+            t = "none" if result["threshold"] is None else f"{result['threshold']:.3f}"
+            rows.append(f"Face {f['face']}: {who}, score {f['score']:.3f} (threshold {t})")
         return files(boxed, "jpeg"), "  \n".join(rows), files.gallery(thumbs), result
 
     @shown
@@ -221,7 +222,7 @@ def build_ui(faces: FaceDemo, fewshot: FewShotDemo) -> gr.Blocks:
                 with gr.Column():
                     boxed = gr.Image(label="Faces", type="pil", format="jpeg", elem_id="identify-boxed")
                     id_summary = gr.Markdown(elem_id="identify-summary")
-            matches = gr.Gallery(fit_columns=False, label="Top matches", columns=6, height=180, allow_preview=False,
+            matches = gr.Gallery(fit_columns=False, label="Top matches", columns=6, height="auto", allow_preview=False,
                                  elem_id="identify-matches")
             id_json = gr.JSON(label="Result", elem_id="identify-json")
 

@@ -25,16 +25,20 @@ def free_port() -> int:
 
 
 class AppServer:
-    """``python app/app.py`` on a free loopback port, in its own process; ``start()`` waits for the page."""
+    """``python app/app.py`` on a free loopback port, in its own process; ``start()`` waits for the page.
+    ``auth``: an ``H_APP_AUTH`` value (``user:password``) to turn the login on; off otherwise."""
 
-    def __init__(self, gallery: Path, model: Path, workdir: Path, *extra: str) -> None:
+    def __init__(self, gallery: Path, model: Path, workdir: Path, auth: str | None = None) -> None:
         self.gallery = gallery
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = workdir / f"app-{self.port}.log"
         self.cmd = [sys.executable, str(REPO / "app" / "app.py"), "--host", "127.0.0.1", "--port", str(self.port),
-                    "--gallery", str(gallery), "--model", str(model), *extra]
-        self.env = {**os.environ, "GRADIO_TEMP_DIR": str(workdir / "gradio"), "PYTHONUNBUFFERED": "1"}
+                    "--gallery", str(gallery), "--model", str(model)]
+        self.env = {k: v for k, v in os.environ.items() if k != "H_APP_AUTH"}
+        self.env.update(GRADIO_TEMP_DIR=str(workdir / "gradio"), PYTHONUNBUFFERED="1")
+        if auth:
+            self.env["H_APP_AUTH"] = auth
         self.proc: subprocess.Popen | None = None
         self.start_s = float("nan")
 

@@ -1,6 +1,6 @@
 """A person's path through the page in headless Chromium: enroll -> identify -> verify, with screenshots.
 
-Chromium is Debian's ``chromium`` (``.ci/run`` installs it where missing), driven by Playwright for
+The server asks for a login (H_APP_AUTH). Chromium is Debian's ``chromium`` (``.ci/run`` installs it where missing), driven by Playwright for
 Python through ``executable_path``; screenshots go to ``$H_APP_SCREENSHOTS`` or a pytest temp folder.
 """
 from __future__ import annotations
@@ -10,12 +10,14 @@ import re
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.app.app_helpers import AppServer, photos
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-dev-shm-usage"]
+USER, PASSWORD = "ada", "pass:word"  # H_APP_AUTH=ada:pass:word
 TIMEOUT_MS = 180_000  # each wait; generous for a busy 2-core machine
 
 
@@ -31,7 +33,7 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory, face_model: Path, celeba: list[Path]):
     work = tmp_path_factory.mktemp("app_browser")
-    app = AppServer(work / "gallery", face_model, work).start()  # a fresh gallery
+    app = AppServer(work / "gallery", face_model, work, auth=f"{USER}:{PASSWORD}").start()  # a fresh gallery
     yield app.url
     app.stop()
 
@@ -58,7 +60,11 @@ def test_enroll_identify_verify_in_browser(page_url: str, shots: Path, celeba: l
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(TIMEOUT_MS)
+            assert httpx.get(f"{page_url}config", timeout=60).status_code == 401  # nothing without a login
             page.goto(page_url)
+            page.get_by_label("username").fill(USER)
+            page.get_by_label("password").fill(PASSWORD)
+            page.get_by_role("button", name="Login").click()
             page.locator("#enroll-name textarea").wait_for()
             page.wait_for_function("document.title === 'H-network face gallery'")
 

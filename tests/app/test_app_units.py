@@ -160,3 +160,23 @@ def test_face_demo_enroll_edit_identify_persist(tmp_path: Path, face_model: Path
     with pytest.raises(InputError, match="gallery is empty"):
         again.identify(str(ada[0]))
     again.close()
+
+
+def test_enroll_dir_command(tmp_path: Path, face_model: Path, celeba: list[Path], capsys) -> None:
+    import json
+
+    from app.app import main
+
+    people = tmp_path / "people"
+    for person in celeba[-6:-4]:
+        (people / f"person {person.name}").mkdir(parents=True)
+        for p in photos(person, 2):
+            (people / f"person {person.name}" / p.name).write_bytes(p.read_bytes())
+    (people / "notes.txt").write_text("not a folder of photos")
+    args = ["enroll-dir", str(people), "--gallery", str(tmp_path / "g"), "--model", str(face_model)]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["persons"], summary["added"], summary["skipped"]) == (2, 4, [])
+    assert main(args) == 0 and json.loads(capsys.readouterr().out)["duplicates"] == 4  # idempotent
+    assert main(["enroll-dir", str(people), "--gallery", str(tmp_path / "g2"), "--model", str(tmp_path)]) == 2
+    assert "face models" in capsys.readouterr().err
