@@ -168,8 +168,6 @@ class FaceDemo:
     # -- enrollment ----------------------------------------------------------------------------
     def detect(self, items: list[tuple[str, bytes]]) -> list[Detected]:
         """Decode each photo and find its largest face (problems are recorded, never raised)."""
-        if len(items) > MAX_PHOTOS:
-            raise InputError(f"At most {MAX_PHOTOS} photos at a time.")
         found = [Detected(label, data) for label, data in items]
         decoded: list[tuple[Detected, Image.Image]] = []
         for d in found:
@@ -196,31 +194,65 @@ class FaceDemo:
         name = check_name(name)
         if not items:
             raise InputError("Add at least one photo.")
+        if len(items) > MAX_PHOTOS:
+            raise InputError(f"At most {MAX_PHOTOS} photos at a time.")
         found = self.detect(items)
         ok = [d for d in found if d.crop is not None]
+        z = self.verifier.embed_crops([d.crop for d in ok], normalize=False) if ok else None
+        return self._store(name, found, z)
+
+    def _store(self, name: str, found: list[Detected], z: np.ndarray | None) -> EnrollOutcome:
+        """Save a person's detected photos (``z``: the embeddings of those with a face, in order)."""
+        ok = [d for d in found if d.crop is not None]
         problems = [d.problem for d in found if d.problem]
-        if not ok:
+        if not ok or z is None:
             raise InputError(f"Nothing enrolled for {name}: " + " ".join(problems))
-        z = self.verifier.embed_crops([d.crop for d in ok], normalize=False)
         r = self.gallery.enroll(name, embeddings=z, model_id=self.verifier.model_id,
                                 sources=[d.label for d in ok], sha256s=[image_sha256(d.data) for d in ok])
         self._save_thumb(r.person_id, ok[0].crop)
         return EnrollOutcome(r.name, r.person_id, r.added, r.duplicates, problems, [(d.crop, d.label) for d in ok])
 
-    def enroll_many(self, people: Iterable[tuple[str, list[tuple[str, bytes]]]]) -> dict[str, Any]:
-        """Bulk enrollment from (name, photos) pairs; one person's problems never stop the rest."""
+    def enroll_many(self, people: Iterable[tuple[str, list[tuple[str, bytes]]]], batch: int = 64) -> dict[str, Any]:
+        """Bulk enrollment from (name, photos) pairs, detecting and embedding about ``batch`` photos at a
+        time across people; one person's problems never stop the rest."""
         summary: dict[str, Any] = {"persons": 0, "added": 0, "duplicates": 0, "skipped": []}
-        for name, items in people:
-            for start in range(0, len(items), MAX_PHOTOS):
+        pending: list[tuple[str, list[tuple[str, bytes]]]] = []
+        stored: set[str] = set()
+
+        def flush() -> None:
+            found = self.detect([item for _, items in pending for item in items])
+            ok = [d for d in found if d.crop is not None]
+            z = self.verifier.embed_crops([d.crop for d in ok], normalize=False) if ok else None
+            rows = {id(d): i for i, d in enumerate(ok)}
+            start = 0
+            for name, items in pending:
+                part = found[start:start + len(items)]
+                start += len(items)
+                idx = [rows[id(d)] for d in part if d.crop is not None]
                 try:
-                    r = self.enroll(name, items[start:start + MAX_PHOTOS])
+                    r = self._store(name, part, z[idx] if idx and z is not None else None)
                 except InputError as e:
                     summary["skipped"].append(str(e))
                     continue
-                summary["persons"] += start == 0
+                stored.add(r.name)
+                summary["persons"] = len(stored)
                 summary["added"] += r.added
                 summary["duplicates"] += r.duplicates
                 summary["skipped"] += r.problems
+            pending.clear()
+
+        for name, items in people:
+            try:
+                name = check_name(name)
+            except InputError as e:
+                summary["skipped"].append(f"{name!r}: {e}")
+                continue
+            for start in range(0, len(items), MAX_PHOTOS):  # bounded memory for people with many photos
+                pending.append((name, items[start:start + MAX_PHOTOS]))
+                if sum(len(part) for _, part in pending) >= batch:
+                    flush()
+        if pending:
+            flush()
         return summary
 
     def enroll_dir(self, root: str | Path) -> dict[str, Any]:

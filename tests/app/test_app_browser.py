@@ -1,7 +1,8 @@
-"""A person's path through the page in headless Chromium: enroll -> identify -> verify, with screenshots.
+"""A person's path through the page in headless Chromium: log in, enroll -> identify -> verify, screenshots.
 
-The server asks for a login (H_APP_AUTH). Chromium is Debian's ``chromium`` (``.ci/run`` installs it where missing), driven by Playwright for
-Python through ``executable_path``; screenshots go to ``$H_APP_SCREENSHOTS`` or a pytest temp folder.
+The server asks for a login (``H_APP_AUTH``). Chromium is Debian's ``chromium`` (``.ci/run`` installs it
+where missing), driven by Playwright for Python through ``executable_path``; screenshots go to
+``$H_APP_SCREENSHOTS`` or a pytest temp folder.
 """
 from __future__ import annotations
 

@@ -162,7 +162,7 @@ def test_face_demo_enroll_edit_identify_persist(tmp_path: Path, face_model: Path
     again.close()
 
 
-def test_enroll_dir_command(tmp_path: Path, face_model: Path, celeba: list[Path], capsys) -> None:
+def test_enroll_dir_command(tmp_path: Path, face_model: Path, celeba: list[Path], data_root: Path, capsys) -> None:
     import json
 
     from app.app import main
@@ -173,10 +173,14 @@ def test_enroll_dir_command(tmp_path: Path, face_model: Path, celeba: list[Path]
         for p in photos(person, 2):
             (people / f"person {person.name}" / p.name).write_bytes(p.read_bytes())
     (people / "notes.txt").write_text("not a folder of photos")
+    (people / "nobody").mkdir()
+    char = next((data_root / "omniglot-py" / "images_evaluation").rglob("*.png"))
+    (people / "nobody" / "char.png").write_bytes(char.read_bytes())
     args = ["enroll-dir", str(people), "--gallery", str(tmp_path / "g"), "--model", str(face_model)]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert (summary["persons"], summary["added"], summary["skipped"]) == (2, 4, [])
+    assert (summary["persons"], summary["added"]) == (2, 4)
+    assert summary["skipped"] == ["Nothing enrolled for nobody: nobody/char.png: no face found."]
     assert main(args) == 0 and json.loads(capsys.readouterr().out)["duplicates"] == 4  # idempotent
     assert main(["enroll-dir", str(people), "--gallery", str(tmp_path / "g2"), "--model", str(tmp_path)]) == 2
     assert "face models" in capsys.readouterr().err
