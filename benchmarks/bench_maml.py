@@ -55,10 +55,10 @@ def episodes(a: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor,
 def build(a: argparse.Namespace, variant: str, device: torch.device) -> GradientMetaLearner:
     torch.manual_seed(0)
     m = create_model(variant, "conv4", {"hidden": a.hidden}, input_shape=(1, a.size, a.size),
-                     steps=a.steps, inner_lr=a.inner_lr).to(device)
+                     steps=a.steps, inner_lr=a.inner_lr)
     with torch.no_grad():  # a non-zero head init, so that the inner steps reach the backbone
         m.head_w.normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
-    return m.train()
+    return m.to(device).train()
 
 
 def naive_first_order(m: GradientMetaLearner, sx, sy, qx, qy, way: int) -> torch.Tensor:
@@ -80,7 +80,7 @@ def naive_first_order(m: GradientMetaLearner, sx, sy, qx, qy, way: int) -> torch
         for p, lp in zip(m.parameters(), learner.parameters()):
             if lp.grad is not None:
                 p.grad = lp.grad.clone() if p.grad is None else p.grad + lp.grad
-        total += float(q)
+        total += float(q.detach())
     return torch.tensor(total)
 
 
@@ -95,7 +95,7 @@ def naive_exact(m: GradientMetaLearner, sx, sy, qx, qy, way: int) -> torch.Tenso
             theta = {k: v - m.inner_lr * gk for (k, v), gk in zip(theta.items(), g)}
         q = F.cross_entropy(m.learner_logits(theta, qx[b]), qy[b]) / B
         q.backward()  # per task: frees each task's graph before the next
-        total += float(q)
+        total += float(q.detach())
     return torch.tensor(total)
 
 

@@ -397,6 +397,9 @@ def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes
                         "episodes_per_s": round(episodes / max(elapsed, 1e-9), 3),
                         "best_val_accuracy": best_val, "peak_rss_mb": round(peak_rss_mb(), 1),
                         "device": str(device)}
+    if device.type == "cuda":
+        results["train"].update(gpu=torch.cuda.get_device_name(device), amp=cfg.amp,
+                                peak_gpu_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 1))
     if cfg.dataset == "faces" and val_set is not None:
         from .faces.calibrate import calibrate_checkpoint
 

@@ -1,8 +1,11 @@
 """Shared pieces of the learners that adapt their weights to each support set (MAML and kin).
 
 The *learner* is the backbone plus a linear classifier head. Its head has ``max_way`` rows whose
-initial values are meta-learned and zero-initialised; an N-way episode uses the first N rows
-(all rows start equal, so the zero init treats the episode's arbitrary label order alike).
+initial values are meta-learned; an N-way episode uses the first N rows. They start at zero
+(``head_std=0``: all rows equal, so the episode's arbitrary label order is treated alike) or, with
+``head_std > 0``, random normal as in Finn et al. With a zero head the first inner step leaves the
+backbone unchanged (the feature gradient sums equal rows against ``p - y``), so first-order MAML
+then learns the backbone through the query features only; ``fomaml`` starts from a random head.
 
 BatchNorm: the backbone's BatchNorm layers are replaced by :class:`BatchStatNorm` (batch
 statistics only, no running statistics, in training *and* at test time; same affine
@@ -83,10 +86,10 @@ class AdaptiveLearner(FewShotModel):
 
     embeds_independently = False
 
-    def __init__(self, backbone: nn.Module, dim: int, max_way: int = 20) -> None:
+    def __init__(self, backbone: nn.Module, dim: int, max_way: int = 20, head_std: float = 0.0) -> None:
         super().__init__(use_batch_statistics(backbone))
         self.max_way = max_way
-        self.head_w = nn.Parameter(torch.zeros(max_way, dim))
+        self.head_w = nn.Parameter(torch.randn(max_way, dim) * head_std)
         self.head_b = nn.Parameter(torch.zeros(max_way))
 
     def learner_params(self, way: int) -> Params:

@@ -39,13 +39,14 @@ class GradientMetaLearner(AdaptiveLearner):
     ``method``: maml | metasgd | reptile; ``first_order`` detaches the inner gradients;
     ``steps`` / ``test_steps``: inner steps in training / eval mode; ``inner_lr``: the inner step
     size (Meta-SGD: the initial value of its learned rates); ``max_way``: head rows, the largest
-    way the model can classify; ``use_vmap``: vmap over the tasks of a batch, else a loop.
+    way the model can classify; ``use_vmap``: vmap over the tasks of a batch, else a loop;
+    ``head_std``: standard deviation of the head's random init (0: zeros; see :mod:`.common`).
     """
 
     def __init__(self, backbone: nn.Module, dim: int, method: str = "maml", first_order: bool = False,
                  steps: int = 1, test_steps: int = 3, inner_lr: float = 0.4, max_way: int = 20,
-                 use_vmap: bool = True) -> None:
-        super().__init__(backbone, dim, max_way)
+                 use_vmap: bool = True, head_std: float = 0.0) -> None:
+        super().__init__(backbone, dim, max_way, head_std)
         if method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}")
         if steps < 1 or test_steps < 1:
@@ -116,23 +117,26 @@ class GradientMetaLearner(AdaptiveLearner):
 
 @MODELS.register("maml")
 def maml(backbone: nn.Module, dim: int, steps: int = 1, test_steps: int = 3, inner_lr: float = 0.4,
-         max_way: int = 20, use_vmap: bool = True) -> GradientMetaLearner:
-    return GradientMetaLearner(backbone, dim, "maml", False, steps, test_steps, inner_lr, max_way, use_vmap)
+         max_way: int = 20, use_vmap: bool = True, head_std: float = 0.0) -> GradientMetaLearner:
+    return GradientMetaLearner(backbone, dim, "maml", False, steps, test_steps, inner_lr, max_way, use_vmap, head_std)
 
 
 @MODELS.register("fomaml")
 def fomaml(backbone: nn.Module, dim: int, steps: int = 1, test_steps: int = 3, inner_lr: float = 0.4,
-           max_way: int = 20, use_vmap: bool = True) -> GradientMetaLearner:
-    return GradientMetaLearner(backbone, dim, "maml", True, steps, test_steps, inner_lr, max_way, use_vmap)
+           max_way: int = 20, use_vmap: bool = True, head_std: float = 0.0) -> GradientMetaLearner:
+    return GradientMetaLearner(backbone, dim, "maml", True, steps, test_steps, inner_lr, max_way, use_vmap, head_std)
 
 
 @MODELS.register("metasgd")
 def metasgd(backbone: nn.Module, dim: int, steps: int = 1, test_steps: int = 3, inner_lr: float = 0.4,
-            max_way: int = 20, first_order: bool = False, use_vmap: bool = True) -> GradientMetaLearner:
-    return GradientMetaLearner(backbone, dim, "metasgd", first_order, steps, test_steps, inner_lr, max_way, use_vmap)
+            max_way: int = 20, first_order: bool = False, use_vmap: bool = True, head_std: float = 0.0
+            ) -> GradientMetaLearner:
+    return GradientMetaLearner(backbone, dim, "metasgd", first_order, steps, test_steps, inner_lr, max_way, use_vmap,
+                               head_std)
 
 
 @MODELS.register("reptile")
 def reptile(backbone: nn.Module, dim: int, steps: int = 5, test_steps: int = 10, inner_lr: float = 0.1,
-            max_way: int = 20, use_vmap: bool = True) -> GradientMetaLearner:
-    return GradientMetaLearner(backbone, dim, "reptile", True, steps, test_steps, inner_lr, max_way, use_vmap)
+            max_way: int = 20, use_vmap: bool = True, head_std: float = 0.0) -> GradientMetaLearner:
+    return GradientMetaLearner(backbone, dim, "reptile", True, steps, test_steps, inner_lr, max_way, use_vmap,
+                               head_std)

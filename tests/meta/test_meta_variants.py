@@ -191,3 +191,15 @@ def test_configs_parse_and_build(name):
     assert cfg.time_limit_min == 59 and cfg.eval_settings == ["5w1s", "20w1s"]
     m = create_model(cfg.variant, cfg.backbone, cfg.backbone_kwargs, input_shape=(1, 28, 28), **cfg.model_kwargs)
     assert m.max_way >= 20 and not m.embeds_independently
+
+
+@pytest.mark.parametrize("head_std", [0.0, 0.1])
+def test_head_init_decides_whether_the_first_inner_step_moves_the_backbone(head_std):
+    model = make("fomaml", head_std=head_std)
+    assert bool((model.head_w == 0).all()) == (head_std == 0.0)
+    sx, sy, qx, _ = episode()
+    _, theta = model.run(sx, sy, qx, 3)
+    phi = model.learner_params(3)
+    moved = max(float((theta[k] - phi[k].detach()).abs().max()) for k in phi if k.startswith("backbone."))
+    assert (moved > 0) == (head_std > 0)
+    assert float((theta["head_w"] - phi["head_w"].detach()).abs().max()) > 0
