@@ -12,7 +12,9 @@ peak memory (CPU: peak RSS growth over the process's baseline; CUDA: max_memory_
 its own. Writes ``benchmarks/results/maml.json``.
 
 Implementations:
-  exact / first_order   the registered ``maml`` / ``fomaml`` variants (torch.func, vmap over tasks)
+  exact / first_order   the registered ``maml`` / ``fomaml`` variants as they run by default
+                        (torch.func; vmap over the tasks on CUDA, a loop over them on the CPU)
+  exact_vmap / first_order_vmap   the same with vmap forced (``use_vmap=True``), also on the CPU
   naive_first_order     deep-copies the model per task, adapts the copy in place with SGD, backprops
                         the query loss on the copy and accumulates its gradient (a loop over tasks)
   naive_exact           per-task loop with torch.autograd.grad(create_graph=True) (no torch.func)
@@ -52,10 +54,11 @@ def episodes(a: argparse.Namespace, device: torch.device) -> tuple[torch.Tensor,
     return tuple(t.to(device) for t in (sx, sy, qx, qy))
 
 
-def build(a: argparse.Namespace, variant: str, device: torch.device) -> GradientMetaLearner:
+def build(a: argparse.Namespace, variant: str, device: torch.device, use_vmap: bool | None = None
+          ) -> GradientMetaLearner:
     torch.manual_seed(0)
     m = create_model(variant, "conv4", {"hidden": a.hidden}, input_shape=(1, a.size, a.size),
-                     steps=a.steps, inner_lr=a.inner_lr)
+                     steps=a.steps, inner_lr=a.inner_lr, use_vmap=use_vmap)
     with torch.no_grad():  # a non-zero head init, so that the inner steps reach the backbone
         m.head_w.normal_(0, 0.01, generator=torch.Generator().manual_seed(1))
     return m.to(device).train()
@@ -104,13 +107,13 @@ def measure(a: argparse.Namespace, impl: str) -> dict[str, Any]:
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     data = episodes(a, device)
-    variant = "maml" if impl in ("exact", "naive_exact") else "fomaml"
-    m = build(a, variant, device)
+    variant = "maml" if impl in ("exact", "exact_vmap", "naive_exact") else "fomaml"
+    m = build(a, variant, device, True if impl.endswith("_vmap") else None)
     cuda = device.type == "cuda"
 
     def step() -> None:
         m.zero_grad(set_to_none=True)
-        if impl in ("exact", "first_order"):
+        if impl in ("exact", "first_order", "exact_vmap", "first_order_vmap"):
             m.episode_loss(*data, a.way)[0].backward()
         elif impl == "naive_first_order":
             naive_first_order(m, *data, a.way)
@@ -156,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     ctx = mp.get_context("spawn")
     res: dict[str, dict[str, Any]] = {}
-    for impl in ("exact", "first_order", "naive_exact", "naive_first_order"):
+    for impl in ("exact", "first_order", "exact_vmap", "first_order_vmap", "naive_exact", "naive_first_order"):
         with ctx.Pool(1) as pool:
             res[impl] = pool.apply(measure, (a, impl))
         r = res[impl]
@@ -172,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "naive_exact_over_torch_func_exact_time": res["naive_exact"]["median_s"] / res["exact"]["median_s"],
         "naive_first_order_over_torch_func_first_order_time":
             res["naive_first_order"]["median_s"] / res["first_order"]["median_s"],
+        "vmap_over_default_exact_time": res["exact_vmap"]["median_s"] / res["exact"]["median_s"],
         "grad_rel_gap_exact_vs_naive_exact": gap("exact", "naive_exact"),
         "grad_rel_gap_first_order_vs_naive_first_order": gap("first_order", "naive_first_order"),
         "grad_rel_gap_exact_vs_first_order": gap("exact", "first_order"),
