@@ -200,6 +200,6 @@ def test_head_init_decides_whether_the_first_inner_step_moves_the_backbone(head_
     sx, sy, qx, _ = episode()
     _, theta = model.run(sx, sy, qx, 3)
     phi = model.learner_params(3)
-    moved = max(float((theta[k] - phi[k].detach()).abs().max()) for k in phi if k.startswith("backbone."))
+    moved = max(float((theta[k] - phi[k]).detach().abs().max()) for k in phi if k.startswith("backbone."))
     assert (moved > 0) == (head_std > 0)
-    assert float((theta["head_w"] - phi["head_w"].detach()).abs().max()) > 0
+    assert float((theta["head_w"] - phi["head_w"]).detach().abs().max()) > 0
