@@ -11,9 +11,9 @@ The controller picks, per layer, filters (24/36/48/64), kernel height and width 
 stride height and width (1/2/3) (Zoph & Le 2017). Each child is a Prototypical network trained
 for --steps 5-way 1-shot episodes; its 5-way 1-shot validation accuracy is the reward.
 The best design is written to OUT/nas_best.yaml, a training config for the registered
-``nas_cnn`` backbone (train it from scratch with --train-config, or with train_h.py once
-h_model imports h_model.search.nas). Defaults fit the 30-minute 2-core CPU budget: a child
-took 4-13 s on a shared, busy 2-core machine, and --time-limit-min 28 caps the search anyway.
+``nas_cnn`` backbone (train it from scratch with --train-config or with train_h.py --config).
+Defaults fit the 30-minute 2-core CPU budget: the default 100 designs took 6 minutes on one
+busy core (2.4-3.7 s a child), and --time-limit-min 28 caps the search anyway.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from h_model.search.nas import NASEvaluator, NASSpace, rebuild_info  # noqa: E40
 from h_model.search.reinforce import Reinforce, time_to_reach  # noqa: E402
 
 TRAIN_SETTINGS = {"variant": "proto", "dataset": "omniglot", "image_size": 28, "episodes": 2400,
-                  "time_limit_min": 29, "train_way": 60, "train_shot": 5, "train_query": 5, "test_way": 5,
+                  "time_limit_min": 24, "train_way": 60, "train_shot": 5, "train_query": 5, "test_way": 5,
                   "test_shot": 1, "val_every": 150, "val_episodes": 600, "lr": 0.001, "lr_schedule": "cosine",
                   "eval_episodes": 1000, "out": "runs/nas_best_omniglot"}
 
@@ -44,7 +44,7 @@ def best_config(design: list[dict[str, int]], reward: float | None = None) -> st
     cfg: dict[str, Any] = {**TRAIN_SETTINGS, "backbone": "nas_cnn", **{k: v for k, v in rebuild_info(design).items()
                                                                          if k == "backbone_kwargs"}}
     head = ("# Best architecture of training/search_nas.py (results.json 'best'), trained from scratch:\n"
-            "#   python training/train_h.py --config THIS_FILE   (needs h_model.search.nas imported)\n"
+            "#   python training/train_h.py --config THIS_FILE\n"
             "#   python training/search_nas.py --train-config THIS_FILE\n")
     if reward is not None:
         head += f"# search reward (5-way 1-shot validation accuracy after the brief child training): {reward:.4f}\n"

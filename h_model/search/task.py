@@ -15,6 +15,7 @@ from ..data.omniglot import omniglot_splits
 from ..episodes import EpisodeSampler
 from ..evaluate import embed_all, evaluate
 from ..models import create_model
+from ..models.base import MODELS
 from .reinforce import LOWEST_REWARD
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -33,10 +34,11 @@ class ChildConfig:
     val_shot: int = 1
     val_query: int = 5
     val_episodes: int = 200
+    variant: str = "proto"     # the H-network head over the child backbone (proto, matching, siamese)
 
 
 class FewShotTask:
-    """Trains ``create_model('proto', backbone)`` for ``steps`` episodes and returns its accuracy.
+    """Trains ``create_model(cfg.variant, backbone)`` for ``steps`` episodes and returns its accuracy.
 
     Non-finite losses, parameters or embeddings, and numerical errors, give ``LOWEST_REWARD``.
     """
@@ -44,7 +46,9 @@ class FewShotTask:
     def __init__(self, train: ImageSet, val: ImageSet, cfg: ChildConfig | None = None,
                  device: str | torch.device = "cpu") -> None:
         self.train, self.val, self.cfg, self.device = train, val, cfg or ChildConfig(), torch.device(device)
-        c = self.cfg  # episode settings the data cannot serve fail here, not as a zero reward per child
+        c = self.cfg  # settings the data cannot serve fail here, not as a zero reward per child
+        if c.variant not in MODELS:
+            raise ValueError(f"unknown H-network variant {c.variant!r}; registered: {', '.join(MODELS.names())}")
         EpisodeSampler(train, c.way, c.shot, c.query)
         EpisodeSampler(val, c.val_way, c.val_shot, c.val_query)
 
@@ -58,7 +62,7 @@ class FewShotTask:
     def _score(self, backbone: nn.Module, seed: int, make_optimizer: OptimizerFactory | None, steps: int) -> float:
         c, prep = self.cfg, self.train.preprocess
         torch.manual_seed(seed)
-        model = create_model("proto", backbone).to(self.device)
+        model = create_model(c.variant, backbone, input_shape=tuple(self.train.images.shape[1:])).to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         opt = make_optimizer(params) if make_optimizer else torch.optim.Adam(params, lr=c.lr)
         sampler = EpisodeSampler(self.train, c.way, c.shot, c.query, 1, seed=seed)

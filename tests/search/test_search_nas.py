@@ -59,6 +59,14 @@ def test_run_search_writes_results_with_random_baseline(tmp_path):
     assert saved["best"]["rebuild"]["backbone"] == "nas_cnn" == res["best"]["rebuild"]["backbone"]
     assert set(saved["runs"]) == {"controller", "random"} and "controller_beats_random" in saved["comparison"]
     assert all((Path(tmp_path) / m / "designs.csv").exists() for m in ("controller", "random"))
+    comp = saved["comparison"]
+    for m in ("controller", "random"):  # top designs re-scored: 2 designs at most, 3 fresh seeds each
+        assert 1 <= len(comp["rescored_top"][m]) <= 2
+        assert all(len(e["rewards"]) == 3 and abs(e["mean"] - sum(e["rewards"]) / 3) < 1e-9
+                   for e in comp["rescored_top"][m])
+        assert comp["best_rescored_mean"][m] == max(e["mean"] for e in comp["rescored_top"][m])
+    assert comp["controller_beats_random"] == (comp["best_rescored_mean"]["controller"]
+                                               > comp["best_rescored_mean"]["random"])
     assert isinstance(a, argparse.Namespace)
 
 
@@ -70,3 +78,18 @@ def test_task_rejects_impossible_episodes_up_front():
     data = tiny_imageset(classes=4, per_class=4, size=28)
     with pytest.raises(ValueError):
         FewShotTask(data, data, ChildConfig(way=5))
+
+
+def test_task_trains_every_h_network_variant():
+    import pytest
+
+    from h_model.search.task import ChildConfig, FewShotTask, SmallConvNet
+    from tests.conftest import tiny_imageset
+    data = tiny_imageset(classes=6, per_class=4, size=28)
+    cfg = dict(way=3, shot=1, query=2, steps=1, val_way=3, val_shot=1, val_query=2, val_episodes=4)
+    for variant in ("proto", "matching", "siamese"):
+        task = FewShotTask(data, data, ChildConfig(**cfg, variant=variant))
+        acc = task.score(SmallConvNet(hidden=8), seed=0)
+        assert 0.0 < acc <= 1.0, variant  # a real accuracy, not the failure reward 0
+    with pytest.raises(ValueError, match="unknown H-network variant"):
+        FewShotTask(data, data, ChildConfig(**cfg, variant="nope"))
