@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from h_model.search.activations import ActivationEvaluator, ActivationSpace  # noqa: E402
 from h_model.search.nas import NASEvaluator, NASSpace  # noqa: E402
 from h_model.search.optimizers import OptimizerEvaluator, OptimizerSpace  # noqa: E402
-from h_model.search.task import ChildConfig, omniglot_task  # noqa: E402
+from h_model.search.task import ChildConfig, FewShotTask, omniglot_task  # noqa: E402
 
-DEFAULT_BUDGETS = {"nas": 100, "optimizer": 60, "activation": 100}  # the scripts' --budget defaults
+DEFAULT_BUDGETS = {"nas": 100, "optimizer": 200, "activation": 150}  # the scripts' --budget defaults
+DEFAULT_STEPS = {"nas": 30, "optimizer": 30, "activation": 100}       # ... and --steps defaults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the figures here")
     a = ap.parse_args(argv)
     t0 = time.time()
-    task = omniglot_task(a.data_root, ChildConfig(steps=30))
+    base = omniglot_task(a.data_root)
+    tasks = {n: FewShotTask(base.train, base.val, ChildConfig(steps=s)) for n, s in DEFAULT_STEPS.items()}
     print(f"data loaded in {time.time() - t0:.1f} s; torch threads: {torch.get_num_threads()}")
-    searches = {"nas": (NASSpace(3), NASEvaluator(task)), "optimizer": (OptimizerSpace(), OptimizerEvaluator(task)),
-                "activation": (ActivationSpace(1), ActivationEvaluator(task))}
+    searches = {"nas": (NASSpace(3), NASEvaluator(tasks["nas"])),
+                "optimizer": (OptimizerSpace(), OptimizerEvaluator(tasks["optimizer"])),
+                "activation": (ActivationSpace(1), ActivationEvaluator(tasks["activation"]))}
     out = {}
     for name, (space, ev) in searches.items():
         g = torch.Generator().manual_seed(0)
