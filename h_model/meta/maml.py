@@ -72,8 +72,10 @@ class GradientMetaLearner(AdaptiveLearner):
         ``second_order``, else with the inner gradients detached (first order)."""
         g_fn = grad(lambda p: F.cross_entropy(logits_fn(p, x), y))
         for _ in range(steps):
-            g = g_fn(params)
-            params = {k: v - lrs[k] * (g[k] if second_order else g[k].detach()) for k, v in params.items()}
+            # first order: the inner gradient is a constant, so it is taken at detached parameters
+            # and the outer autograd records nothing of the inner forward and backward
+            g = g_fn(params if second_order else {k: v.detach() for k, v in params.items()})
+            params = {k: v - lrs[k] * g[k] for k, v in params.items()}
         return params
 
     def run(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor, way: int,
