@@ -215,10 +215,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     distill, teacher_z = None, None
     if cfg.teacher:
         from .distill import DistillLoss
-        from .faces.teachers import load_teacher, teacher_embeddings
+        from .faces.teachers import embeddings_for, load_teacher
 
         teacher = load_teacher(cfg.teacher, **{"margin": float(data_kwargs.get("margin", 0.2)), **cfg.teacher_kwargs})
-        teacher_z = teacher_embeddings(teacher, train_set.images).float()
+        teacher_z = embeddings_for(teacher, train_set.images, train_set.sources).float()
         student_dim = embedding_dim(model.backbone, (prep.channels, *prep.size))
         distill = DistillLoss(student_dim, teacher_z.shape[1], cfg.distill_embed, cfg.distill_relation).to(device)
         teacher_z = teacher_z.to(device)

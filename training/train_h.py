@@ -4,6 +4,8 @@
     python training/train_h.py                                   # Prototypical, Conv-4, Omniglot
     python training/train_h.py --dataset faces --data-root ../shared/data/faces   # face H-model
     python training/train_h.py --dataset faces --teacher dlib    # distil dlib's face ResNet into it
+    python training/train_h.py --config training/configs/faces_distill.yaml --face-pack PACK \
+        --teacher precomputed --teacher-file PACK/teacher-dlib.pt    # elsewhere (python -m h_model.faces pack)
     python training/train_h.py --config training/configs/matching_omniglot.yaml
     torchrun --nproc_per_node=2 training/train_h.py --episodes 500
 """
@@ -42,6 +44,8 @@ FLAGS = {
     "--test-way": ("test_way", int, "classes per validation episode"),
     "--test-shot": ("test_shot", int, "support examples per class in validation"),
     "--val-every": ("val_every", int, "validate every N episodes"),
+    "--val-episodes": ("val_episodes", int, "episodes per validation"),
+    "--checkpoint-every": ("checkpoint_every", int, "save the resumable state every N episodes"),
     "--eval-episodes": ("eval_episodes", int, "test episodes per final evaluation setting"),
     "--lr": ("lr", float, "Adam learning rate"),
     "--lr-schedule": ("lr_schedule", str, "step, cosine or constant"),
@@ -49,8 +53,8 @@ FLAGS = {
     "--time-limit-min": ("time_limit_min", float, "stop training after this many minutes"),
     "--seed": ("seed", int, "random seed"),
     "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
-    "--teacher": ("teacher", str, "distil a pretrained face embedder: dlib or facenet-vggface2 "
-                                  "(pip install -r requirements-teacher.txt)"),
+    "--teacher": ("teacher", str, "distil a pretrained face embedder: dlib, facenet-vggface2 "
+                                  "(pip install -r requirements-teacher.txt) or precomputed (--teacher-file)"),
     "--distill-embed": ("distill_embed", float, "weight of the embedding-matching distillation term"),
     "--distill-relation": ("distill_relation", float, "weight of the relational distillation term"),
     "--out": ("out", str, "run directory"),
@@ -64,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ap.add_argument("--backbone-weights", default=None, help="local pretrained backbone weights file "
                     "(facenet-vggface2 / facenet-casia / inception_resnet_v1 offline)")
     ap.add_argument("--teacher-weights", default=None, help="local weights file of the teacher (facenet-vggface2)")
+    ap.add_argument("--teacher-file", default=None, help="embeddings file of --teacher precomputed "
+                    "(python -m h_model.faces pack --teacher NAME writes one)")
+    ap.add_argument("--face-pack", default=None, help="read aligned face crops from this pack folder "
+                    "(python -m h_model.faces pack) instead of the photos")
     for flag, (dest, typ, help_) in FLAGS.items():
         ap.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
     ap.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
@@ -73,12 +81,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     if not cfg_path.is_file():
         ap.error(f"config file not found: {cfg_path}")
     values = yaml.safe_load(cfg_path.read_text()) or {}
-    extra = {"config", "backbone_weights", "teacher_weights"}
+    extra = {"config", "backbone_weights", "teacher_weights", "teacher_file", "face_pack"}
     values.update({k: v for k, v in vars(a).items() if k not in extra and v is not None})
     if a.backbone_weights:
         values["backbone_kwargs"] = {**(values.get("backbone_kwargs") or {}), "weights_path": a.backbone_weights}
     if a.teacher_weights:
         values["teacher_kwargs"] = {**(values.get("teacher_kwargs") or {}), "weights": a.teacher_weights}
+    if a.teacher_file:
+        values["teacher_kwargs"] = {**(values.get("teacher_kwargs") or {}), "file": a.teacher_file}
+    if a.face_pack:
+        values["data_kwargs"] = {**(values.get("data_kwargs") or {}), "pack": a.face_pack}
     try:
         return TrainConfig.from_dict(values)
     except (TypeError, ValueError) as e:

@@ -111,10 +111,38 @@ def concat_sets(parts: Sequence[ImageSet], prefixes: Sequence[str] | None = None
 
 def faces_splits(data_root: str | Path | None = None, image_size: int = 112, margin: float = 0.2, seed: int = 0,
                  sets: Sequence[str] | None = None, split: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                 min_images: int = 2) -> tuple[ImageSet, ImageSet, ImageSet]:
+                 min_images: int = 2, pack: str | Path | None = None) -> tuple[ImageSet, ImageSet, ImageSet]:
     """Identity-disjoint (train, validation, test) aligned-face splits, drawn per set by seed,
     so every set (in-the-wild CelebA included) has held-out identities. Identities with fewer than
-    ``min_images`` detected faces are dropped."""
+    ``min_images`` detected faces are dropped. ``pack``: read the aligned crops from a face pack
+    (:mod:`h_model.data.facepack`) instead of aligning photos under ``data_root``."""
+    if pack:
+        from .facepack import read_facepack
+
+        aligned = read_facepack(pack, sets)
+        size = {tuple(s.images.shape[-2:]) for s in aligned.values()}
+        if size != {(image_size, image_size)}:
+            raise ValueError(f"the pack {pack} holds {sorted(size)} crops, the config asks for {image_size}x{image_size}")
+    else:
+        aligned = aligned_sets(data_root, image_size, margin, sets)
+    splits: list[list[ImageSet]] = [[], [], []]
+    for name, data in aligned.items():
+        counts = torch.bincount(data.labels, minlength=data.num_classes)
+        data = data.subset([c for c in range(data.num_classes) if counts[c] >= min_images])
+        data = ImageSet(data.images, data.labels, [f"{name}/{n}" for n in data.class_names],
+                        data.preprocess, data.sources)
+        for part, s in zip(splits, split_classes(data, tuple(split), seed)):
+            if s.num_classes:
+                part.append(s)
+    for name, part in zip(("train", "validation", "test"), splits):
+        if not part:
+            raise ValueError(f"no identities fall in the {name} split (fractions {tuple(split)}, seed {seed}): "
+                             "add identities or change the split fractions")
+    return tuple(concat_sets(p) for p in splits)  # type: ignore[return-value]
+
+
+def _select_sets(data_root: str | Path | None, sets: Sequence[str] | None) -> list[Path]:
+    """The set folders to read: all under the data root, or ``sets`` in that order."""
     from .root import resolve_data_root
 
     root = resolve_data_root(data_root)
@@ -127,14 +155,10 @@ def faces_splits(data_root: str | Path | None = None, image_size: int = 112, mar
         if missing:
             raise ValueError(f"unknown face set(s) {missing}; {root} holds {sorted(by_name)}")
         found = [by_name[s] for s in sets]
-    splits: list[list[ImageSet]] = [[], [], []]
-    for path in found:
-        data = align_folder(path, image_size, margin)
-        counts = torch.bincount(data.labels, minlength=data.num_classes)
-        data = data.subset([c for c in range(data.num_classes) if counts[c] >= min_images])
-        data = ImageSet(data.images, data.labels, [f"{path.name}/{n}" for n in data.class_names],
-                        data.preprocess, data.sources)
-        for part, s in zip(splits, split_classes(data, tuple(split), seed)):
-            if s.num_classes:
-                part.append(s)
-    return tuple(concat_sets(p) for p in splits)  # type: ignore[return-value]
+    return found
+
+
+def aligned_sets(data_root: str | Path | None = None, image_size: int = 112, margin: float = 0.2,
+                 sets: Sequence[str] | None = None) -> dict[str, ImageSet]:
+    """``{set name: aligned crops}`` of every set (or ``sets``) under the data root (cached)."""
+    return {path.name: align_folder(path, image_size, margin) for path in _select_sets(data_root, sets)}

@@ -10,7 +10,6 @@
 """
 from ..preprocess import ImageDecodeError
 from .detect import Face, FaceDetector, NoFaceError, align_face, load_rgb
-from .gallery import EnrollResult, Gallery, Identification, Match, ModelMismatchError, PersonInfo
 from .pairs import ImageIndex, PairList, make_pairs, pair_metrics, read_pairs, write_pairs
 from .verifier import FaceVerifier, NoModelError, VerifyResult, calibrate_threshold, save_threshold
 
@@ -18,3 +17,13 @@ __all__ = ["Face", "FaceDetector", "NoFaceError", "ImageDecodeError", "align_fac
            "FaceVerifier", "VerifyResult", "NoModelError", "calibrate_threshold", "save_threshold",
            "Gallery", "Identification", "Match", "EnrollResult", "PersonInfo", "ModelMismatchError",
            "ImageIndex", "PairList", "make_pairs", "pair_metrics", "read_pairs", "write_pairs"]
+_GALLERY = {"EnrollResult", "Gallery", "Identification", "Match", "ModelMismatchError", "PersonInfo"}
+
+
+def __getattr__(name: str):
+    """The gallery's names load on first use, so training and verification need no faiss."""
+    if name in _GALLERY:
+        from . import gallery
+
+        return getattr(gallery, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,7 @@
     identify PHOTO --gallery G --model RUN_DIR [-k 5]
     list|remove NAME|rename OLD NEW|export FILE|import FILE --gallery G
     make-pairs ROOT [ROOT...] --out pairs.txt --index index.json [--folds 10 --per-fold 300]
+    pack OUT [--data-root DIR] [--sets A B] [--teacher dlib]   (aligned crops + teacher embeddings, portable)
 """
 from __future__ import annotations
 
@@ -98,6 +99,28 @@ def _make_pairs(a: argparse.Namespace) -> int:
     return 0
 
 
+def _pack(a: argparse.Namespace) -> int:
+    from ..data.facepack import write_facepack
+    from ..data.faces import aligned_sets, faces_splits
+
+    sets = aligned_sets(a.data_root, a.image_size, a.margin, a.sets)
+    out = write_facepack(a.out, sets, a.quality)
+    summary: dict[str, Any] = {"pack": str(out), "sets": {k: len(v) for k, v in sets.items()},
+                               "crops_mb": round((out / "crops.bin").stat().st_size / 2**20, 1)}
+    if a.teacher:
+        from .teachers import load_teacher, save_precomputed, teacher_embeddings
+
+        kwargs: dict[str, Any] = {"margin": a.margin, **({"weights": a.teacher_weights} if a.teacher_weights else {})}
+        teacher = load_teacher(a.teacher, **kwargs)
+        split = tuple(float(x) for x in a.split.split(","))
+        train = faces_splits(a.data_root, a.image_size, a.margin, a.seed, a.sets, split)[0]  # type: ignore[arg-type]
+        z = teacher_embeddings(teacher, train.images)
+        summary["teacher"] = str(save_precomputed(out / f"teacher-{teacher.name}.pt", teacher, z, train.sources or []))
+        summary["teacher_crops"] = len(z)
+    _print(summary)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m h_model.faces", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -143,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fractions", default="0.7,0.15,0.15")
     p.add_argument("--part", choices=("val", "test"), default="test")
     p.set_defaults(run=_make_pairs)
+    p = sub.add_parser("pack", help="write every set's aligned crops (+ a teacher's embeddings) to a portable folder")
+    p.add_argument("out")
+    p.add_argument("--data-root", help="face sets (default: $H_DATA_ROOT/faces)")
+    p.add_argument("--sets", nargs="+", help="only these sets")
+    p.add_argument("--image-size", type=int, default=112)
+    p.add_argument("--margin", type=float, default=0.2)
+    p.add_argument("--quality", type=int, default=85, help="WebP quality of the crops (100: lossless)")
+    p.add_argument("--teacher", help="also store this teacher's embeddings of the training split (dlib, facenet-vggface2)")
+    p.add_argument("--teacher-weights", help="local weights file of the teacher")
+    p.add_argument("--seed", type=int, default=0, help="the split seed of the training run")
+    p.add_argument("--split", default="0.7,0.15,0.15", help="the training run's train,validation,test fractions")
+    p.set_defaults(run=_pack)
     a = ap.parse_args(argv)
     try:
         return a.run(a)

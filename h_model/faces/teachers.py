@@ -263,3 +263,69 @@ def teacher_embeddings(teacher: Teacher, images: torch.Tensor, cache_dir: Path |
         except OSError as e:
             log.warning("could not write teacher cache %s (%s)", path, e)
     return out
+
+
+@TEACHERS.register("precomputed")
+class PrecomputedTeacher(Teacher):
+    """A teacher's embeddings computed elsewhere, looked up by photo (``set/identity/file``).
+
+    Lets a machine without the teacher's package (a GPU box without dlib) distil it: write the file
+    where the teacher runs (:func:`save_precomputed`, or ``python -m h_model.faces pack --teacher``),
+    train with ``--teacher precomputed --teacher-file FILE``. ``name``, ``id`` and ``settings`` are the
+    original teacher's, so the run's config records which teacher it learnt from.
+    """
+
+    def __init__(self, file: str | Path | None = None, margin: float = 0.2, **_: Any) -> None:
+        if not file:
+            raise ValueError("the 'precomputed' teacher needs file=PATH (train_h.py: --teacher-file PATH)")
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise TeacherUnavailableError(f"precomputed teacher embeddings not found: {path}")
+        d = torch.load(path, map_location="cpu", weights_only=True)
+        self.name, self.id, self._settings = str(d["teacher"]), str(d["id"]), dict(d["settings"])
+        self.embeddings: torch.Tensor = d["embeddings"].float()
+        self.dim = int(self.embeddings.shape[1])
+        self.rows = {s: i for i, s in enumerate(d["sources"])}
+        if self._settings.get("margin", margin) != margin:
+            raise ValueError(f"{path} was computed on crops of margin {self._settings['margin']}, the run uses {margin}")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return self._settings
+
+    def lookup(self, sources: list[str]) -> torch.Tensor:
+        """float32 ``[N, dim]`` embeddings of the photos ``sources`` (full paths or ``set/identity/file``)."""
+        from ..data.facepack import short_source
+
+        keys = [short_source(s) for s in sources]
+        missing = [k for k in keys if k not in self.rows]
+        if missing:
+            raise KeyError(f"{len(missing)} of {len(keys)} photos have no precomputed embedding (e.g. {missing[:3]}); "
+                           "recompute the file for this data")
+        return self.embeddings[torch.as_tensor([self.rows[k] for k in keys], dtype=torch.long)]
+
+    def embed_crops(self, images: torch.Tensor) -> np.ndarray:
+        raise TypeError("a precomputed teacher looks embeddings up by photo (lookup(sources)); it cannot embed pixels")
+
+
+def save_precomputed(path: str | Path, teacher: Teacher, embeddings: torch.Tensor, sources: list[str]) -> Path:
+    """Write ``teacher``'s ``embeddings`` of the photos ``sources`` for :class:`PrecomputedTeacher`."""
+    from ..checkpoint import atomic_write
+    from ..data.facepack import short_source
+
+    if len(sources) != len(embeddings):
+        raise ValueError(f"{len(sources)} sources for {len(embeddings)} embeddings")
+    path = Path(path)
+    atomic_write(path, lambda tmp: torch.save({"teacher": teacher.name, "id": teacher.id, "settings": teacher.settings,
+                                               "embeddings": embeddings.float().contiguous(),
+                                               "sources": [short_source(s) for s in sources]}, tmp))
+    return path
+
+
+def embeddings_for(teacher: Teacher, images: torch.Tensor, sources: list[str] | None) -> torch.Tensor:
+    """The teacher's embeddings of a training set: looked up for a precomputed teacher, else computed (cached)."""
+    if isinstance(teacher, PrecomputedTeacher):
+        if sources is None:
+            raise ValueError("a precomputed teacher needs the crops' source photos")
+        return teacher.lookup(sources)
+    return teacher_embeddings(teacher, images)

@@ -1,16 +1,43 @@
 """Face datasets: MTCNN alignment of real photos, skipping what cannot be used, caching, identity splits."""
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from h_model.data import load_splits
-from h_model.data.faces import align_folder, face_sets, faces_splits
+from h_model.data import DataNotFoundError, load_splits
+from h_model.data.facepack import read_facepack, write_facepack
+from h_model.data.faces import align_folder, aligned_sets, face_sets, faces_splits
+from h_model.faces.teachers import TEACHERS, Teacher, load_teacher, save_precomputed, teacher_embeddings
+
+
+class PoolTeacher(Teacher):
+    """A real, fixed embedder: 8x8 average-pooled pixels through a fixed random projection."""
+
+    name, dim, id = "test-pool", 16, "test-pool-v1"
+
+    def __init__(self, margin: float = 0.2) -> None:
+        self.w = torch.randn(3 * 8 * 8, 16, generator=torch.Generator().manual_seed(0))
+        self.margin = margin
+
+    @property
+    def settings(self) -> dict:
+        return {"margin": self.margin}
+
+    def embed_crops(self, images: torch.Tensor) -> np.ndarray:
+        x = F.adaptive_avg_pool2d(images.float() / 255, 8).flatten(1) - 0.5
+        return F.normalize(x @ self.w, dim=1).numpy()
+
+
+if "test-pool" not in TEACHERS:
+    TEACHERS.register("test-pool")(PoolTeacher)
 
 
 @pytest.fixture(scope="module")
@@ -102,28 +129,8 @@ def test_face_training_run_calibrates_its_threshold(face_tree: Path, tmp_path: P
 
 def test_distillation_loss_falls_in_a_real_face_run(face_tree: Path, tmp_path: Path) -> None:
     """train(teacher=...) captures the student's episode embeddings and matches a teacher's."""
-    import csv
-
-    import numpy as np
-    import torch.nn.functional as F
-
-    from h_model.faces.teachers import TEACHERS, Teacher
     from h_model.trainer import TrainConfig, train
 
-    class PoolTeacher(Teacher):
-        """A real, fixed embedder: 8x8 average-pooled pixels through a fixed random projection."""
-
-        name, dim, id = "test-pool", 16, "test-pool-v1"
-
-        def __init__(self, margin: float = 0.2) -> None:
-            self.w = torch.randn(3 * 8 * 8, 16, generator=torch.Generator().manual_seed(0))
-
-        def embed_crops(self, images: torch.Tensor) -> np.ndarray:
-            x = F.adaptive_avg_pool2d(images.float() / 255, 8).flatten(1) - 0.5
-            return F.normalize(x @ self.w, dim=1).numpy()
-
-    if "test-pool" not in TEACHERS:
-        TEACHERS.register("test-pool")(PoolTeacher)
     cfg = TrainConfig(variant="proto", backbone="face_resnet",
                       backbone_kwargs={"channels": [8, 8, 16, 16], "dim": 16}, dataset="faces",
                       data_root=str(face_tree), image_size=64, data_kwargs={"split": [1 / 3, 1 / 3, 1 / 3]},
@@ -137,3 +144,87 @@ def test_distillation_loss_falls_in_a_real_face_run(face_tree: Path, tmp_path: P
     assert len(d) == 4 and d[-1] < 0.85 * d[0], d
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["distill"]["teacher"] == "test-pool-v1"
+
+
+def test_face_pack_gives_the_same_splits_without_the_photos(face_tree: Path, tmp_path: Path) -> None:
+    split = (1 / 3, 1 / 3, 1 / 3)
+    from_photos = faces_splits(face_tree, image_size=64, split=split, seed=0)
+    pack = write_facepack(tmp_path / "lossless", aligned_sets(face_tree, 64), quality=100)
+    from_pack = faces_splits(pack=pack, image_size=64, split=split, seed=0)
+    for a, b in zip(from_photos, from_pack):
+        assert a.class_names == b.class_names and torch.equal(a.labels, b.labels)
+        assert torch.equal(a.images, b.images)  # lossless WebP: the very crops
+        assert b.sources == ["/".join(Path(x).parts[-3:]) for x in a.sources]
+    lossy = write_facepack(tmp_path / "lossy", aligned_sets(face_tree, 64), quality=85)
+    assert (lossy / "crops.bin").stat().st_size < (pack / "crops.bin").stat().st_size / 2
+    part = load_splits("faces", pack=str(lossy), image_size=64, seed=0, split=split)[0]
+    diff = (part.images.float() - from_photos[0].images.float()).abs().mean().item()
+    assert 0 < diff < 4.0, diff
+    assert list(read_facepack(lossy, ["orl"])) == ["orl"]
+
+
+def test_face_pack_errors(face_tree: Path, tmp_path: Path) -> None:
+    pack = write_facepack(tmp_path / "p", aligned_sets(face_tree, 64, sets=["orl"]))
+    with pytest.raises(ValueError, match="holds \\[\\(64, 64\\)\\] crops, the config asks for 112x112"):
+        faces_splits(pack=pack, image_size=112)
+    with pytest.raises(ValueError, match="unknown face set"):
+        read_facepack(pack, ["lfw"])
+    with pytest.raises(DataNotFoundError, match="face pack"):
+        read_facepack(tmp_path / "nowhere")
+    raw = (pack / "crops.bin").read_bytes()
+    (pack / "crops.bin").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        read_facepack(pack)
+    with pytest.raises(ValueError, match="quality"):
+        write_facepack(tmp_path / "q", {"orl": aligned_sets(face_tree, 64, sets=["orl"])["orl"]}, quality=0)
+
+
+def test_precomputed_teacher_distils_where_the_teacher_is_not_installed(face_tree: Path, tmp_path: Path) -> None:
+    """Pack + teacher file written where the photos and the teacher are; training reads only those."""
+    from h_model.trainer import TrainConfig, train
+
+    split = [1 / 3, 1 / 3, 1 / 3]
+    pack = write_facepack(tmp_path / "pack", aligned_sets(face_tree, 64), quality=100)
+    teacher = load_teacher("test-pool")
+    train_set = faces_splits(face_tree, image_size=64, split=tuple(split), seed=0)[0]
+    z = teacher_embeddings(teacher, train_set.images, cache_dir=None)
+    file = save_precomputed(pack / "teacher-test-pool.pt", teacher, z, train_set.sources)
+    pre = load_teacher("precomputed", file=file)
+    assert (pre.name, pre.id, pre.dim) == ("test-pool", "test-pool-v1", 16)
+    assert torch.equal(pre.lookup(train_set.sources[::-1]), z.flip(0))  # by photo, full path or short name
+    with pytest.raises(KeyError, match="no precomputed embedding"):
+        pre.lookup(["orl/s99/1.pgm"])
+    with pytest.raises(TypeError, match="cannot embed pixels"):
+        pre.embed_crops(train_set.images)
+    with pytest.raises(ValueError, match="margin"):
+        load_teacher("precomputed", file=file, margin=0.3)
+    cfg = TrainConfig(variant="proto", backbone="face_resnet",
+                      backbone_kwargs={"channels": [8, 8, 16, 16], "dim": 16}, dataset="faces",
+                      image_size=64, data_kwargs={"split": split, "pack": str(pack)},
+                      teacher="precomputed", teacher_kwargs={"file": str(file)}, lr=0.01,
+                      episodes=4, train_way=2, train_shot=1, train_query=2, test_way=2, test_shot=1, test_query=2,
+                      val_every=4, val_episodes=5, eval_settings=["2w1s"], eval_query=2, eval_episodes=5,
+                      log_every=2, out=str(tmp_path / "run"))
+    train(cfg)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["distill"]["teacher"] == "test-pool-v1"
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert all(float(r["distill_loss"]) > 0 for r in csv.DictReader(f) if r["distill_loss"])
+
+
+def test_pack_command_line(face_tree: Path, tmp_path: Path, capsys) -> None:
+    from h_model.faces.__main__ import main
+
+    out = tmp_path / "pack"
+    args = ["pack", str(out), "--data-root", str(face_tree), "--image-size", "64", "--teacher", "test-pool"]
+    assert main(args) == 2  # default fractions leave 3 identities per set no test identity
+    assert "no identities fall in the validation split" in json.loads(capsys.readouterr().out)["error"]
+    assert main(args + ["--split", "0.34,0.33,0.33"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["sets"] == {"casia_facev5_subset": 9, "orl": 9}
+    train = faces_splits(face_tree, image_size=64, split=(0.34, 0.33, 0.33))[0]
+    assert summary["teacher_crops"] == len(train)
+    pre = load_teacher("precomputed", file=out / "teacher-test-pool.pt")
+    assert torch.allclose(pre.lookup(train.sources), torch.from_numpy(PoolTeacher().embed_crops(train.images)))
+    assert main(["pack", str(tmp_path / "p2"), "--data-root", str(tmp_path / "missing")]) == 2
+    assert "error" in json.loads(capsys.readouterr().out)
