@@ -47,7 +47,7 @@ VOLUME ["/data"]
 EXPOSE 7860
 
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/', timeout=8)"]
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7860/api/v1/health', timeout=8)"]
 
 # 0.0.0.0 inside the container so the published port reaches it; publish it on 127.0.0.1 (above)
 # to keep it local. A login: -e H_APP_AUTH=user:password

@@ -4,7 +4,8 @@
                       [--fewshot-model PATH] [--omniglot-root DIR] [--device auto] [--concurrency 2]
     python app/app.py enroll-dir PEOPLE_DIR [--gallery DIR] [--model PATH]   (PEOPLE_DIR/<person>/<photos>)
 
-Serves http://HOST:PORT/ (Gradio, analytics off). ``H_APP_AUTH=user:password`` turns on a login.
+Serves http://HOST:PORT/ (Gradio, analytics off) and a JSON API under /api/v1 (see app/api.py).
+``H_APP_AUTH=user:password`` turns on a login (HTTP Basic for the API).
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     from fastapi import FastAPI
 
     import h_model
+    from app.api import add_api
     from app.fewshot_demo import FewShotDemo, default_omniglot_root
     from app.ui import build_ui
     from app.uploads import MAX_ZIP_MB
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(default_concurrency_limit=max(1, a.concurrency), max_size=64)
     # Served by uvicorn directly (not demo.launch): SIGTERM/SIGINT shut down cleanly, and there is no
     # launch-time self-check that gives up when a busy machine answers its first request slowly.
-    server = gr.mount_gradio_app(FastAPI(), demo, path="/", server_name=a.host, server_port=a.port, auth=auth,
+    server = FastAPI()
+    add_api(server, faces, auth, a.concurrency)  # /api/v1/...: plain JSON routes, registered before the page
+    server = gr.mount_gradio_app(server, demo, path="/", server_name=a.host, server_port=a.port, auth=auth,
                                  allowed_paths=[str(faces.thumbs)], max_file_size=f"{MAX_ZIP_MB}mb",
                                  show_error=False, ssr_mode=False, mcp_server=False, enable_monitoring=False)
     print(f"Serving the face gallery demo on http://{a.host}:{a.port}/", flush=True)

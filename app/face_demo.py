@@ -311,6 +311,18 @@ class FaceDemo:
                  ) -> tuple[Image.Image, dict[str, Any], list[tuple[Path | Image.Image, str]]]:
         """Every face in a photo with its best gallery match (or unknown): (boxed image, result, top-k thumbnails)."""
         img = read_upload(path)
+        faces, result = self.identify_image(img, k)
+        thumbs = []
+        for f in result["faces"]:
+            prefix = f"face {f['face']}: " if len(faces) > 1 else ""
+            thumbs += [(self.thumb(m["person_id"], m["name"]), f"{prefix}{m['name']} {m['score']:.2f}")
+                       for m in f["matches"]]
+        labels = [f"{f['label']} {f['score']:.2f}" for f in result["faces"]]
+        boxed = draw_faces(img, [f.box for f in faces], labels, [not f["unknown"] for f in result["faces"]])
+        return boxed, result, thumbs
+
+    def identify_image(self, img: Image.Image, k: int = 3) -> tuple[list, dict[str, Any]]:
+        """Detect, embed and search every face of a decoded photo: (the detected faces, the JSON-ready result)."""
         if len(self.gallery) == 0:
             raise InputError("The gallery is empty: enroll someone first (Gallery tab).")
         faces = self.verifier.detector.detect_many([img])[0][:MAX_FACES]
@@ -318,35 +330,33 @@ class FaceDemo:
             raise InputError("No face found in the photo.")
         z = self.verifier.embed_crops([f.crop for f in faces], normalize=False)
         k = int(min(max(int(k), 1), 10))
-        out, thumbs, labels = [], [], []
+        out = []
         for i, face in enumerate(faces):
             try:
                 r = self.gallery.identify(z[i], k=k, verifier=self.verifier)
             except ValueError as e:  # the gallery was emptied meanwhile
                 raise InputError(f"Cannot identify: {e}.") from None
             best = r.matches[0]
-            label = "unknown" if r.unknown else best.name
-            labels.append(f"{label} {best.similarity:.2f}")
             out.append({"face": i + 1, "box": [round(float(v), 1) for v in face.box], "name": r.name,
-                        "label": label, "score": best.similarity, "unknown": r.unknown,
+                        "label": "unknown" if r.unknown else best.name, "score": best.similarity,
+                        "unknown": r.unknown,
                         "matches": [{"name": m.name, "person_id": m.person_id, "score": m.similarity,
                                      "probability": m.probability} for m in r.matches]})
-            prefix = f"face {i + 1}: " if len(faces) > 1 else ""
-            thumbs += [(self.thumb(m.person_id, m.name), f"{prefix}{m.name} {m.similarity:.2f}") for m in r.matches]
-        boxed = draw_faces(img, [f.box for f in faces], labels, [not f["unknown"] for f in out])
-        return boxed, {"faces": out, "threshold": self.gallery.threshold, "method": r.method}, thumbs
+        return faces, {"faces": out, "threshold": self.gallery.threshold, "method": r.method}
 
     def verify(self, path_a: str | None, path_b: str | None) -> tuple[dict[str, Any], Image.Image]:
         """Same person or not: the verifier's decision, and the two aligned crops side by side."""
-        a = read_upload(path_a, "first photo")
-        b = read_upload(path_b, "second photo")
+        return self.verify_images(read_upload(path_a, "first photo"), read_upload(path_b, "second photo"))
+
+    def verify_images(self, a: Image.Image, b: Image.Image) -> tuple[dict[str, Any], Image.Image]:
+        """:meth:`verify` for two decoded photos."""
         if self.verifier.threshold is None:
             raise InputError("This face model has no calibrated threshold, so it cannot decide same or different.")
         fa, fb = self.verifier.detector.detect_many([a, b])
         for faces, which in ((fa, "first"), (fb, "second")):
             if not faces:
                 raise InputError(f"No face found in the {which} photo.")
-        r = self.verifier.verify(a, b)
+        r = self.verifier.verify_faces(fa, fb)
         return r.to_dict(), side_by_side(fa[0].crop, fb[0].crop)
 
 

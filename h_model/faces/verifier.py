@@ -206,7 +206,13 @@ class FaceVerifier:
             raise ValueError("this checkpoint has no calibrated face threshold: pass threshold=..., or calibrate "
                              "one (calibrate_threshold on validation pairs, then save_threshold, or "
                              "python -m h_model.faces.evaluate_pairs ... --save-threshold)")
-        fa, fb = self.detector.detect_many([a, b])
+        return self.verify_faces(*self.detector.detect_many([a, b]), threshold=t)
+
+    def verify_faces(self, fa: list[Face], fb: list[Face], threshold: float | None = None) -> VerifyResult:
+        """:meth:`verify` for faces already found by ``self.detector``: the largest of each list is compared."""
+        t = self.threshold if threshold is None else float(threshold)
+        if t is None:
+            raise ValueError("this checkpoint has no calibrated face threshold: pass threshold=...")
         for i, f in enumerate((fa, fb)):
             if not f:
                 raise NoFaceError(f"no face found in image #{i}", index=i)

@@ -128,3 +128,12 @@ def _not_a_photo(folder: Path) -> str:
     path = folder / "not-a-photo.jpg"
     path.write_bytes(b"this is text, not a JPEG")
     return str(path)
+
+
+def test_json_api_needs_the_same_login(page_url: str) -> None:
+    import httpx
+
+    assert httpx.get(f"{page_url}api/v1/health", timeout=60).status_code == 200
+    assert httpx.get(f"{page_url}api/v1/people", timeout=60).status_code == 401
+    assert httpx.get(f"{page_url}api/v1/people", auth=(USER, "wrong"), timeout=60).status_code == 401
+    assert httpx.get(f"{page_url}api/v1/people", auth=(USER, PASSWORD), timeout=60).status_code == 200

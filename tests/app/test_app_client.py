@@ -193,3 +193,17 @@ def test_bulk_zip_and_load(client: Client, celeba: list[Path], tmp_path: Path) -
     ms = np.array([lat[n] for n in queries]) * 1000
     print(f"\nload: 20 concurrent identify, gallery of {len(enrolled)} people: p50 {np.percentile(ms, 50):.0f} ms, "
           f"p95 {np.percentile(ms, 95):.0f} ms, all done in {wall:.1f} s")
+
+
+def test_json_api_beside_the_page(client: Client, server: AppServer, celeba: list[Path]) -> None:
+    """The JSON routes are served by the same process, on the same gallery, before Gradio's catch-all mount."""
+    ps = photos(celeba[-5], 1)
+    with httpx.Client(base_url=f"{server.url}api/v1", timeout=300) as api:
+        r = api.post("/people", params={"name": "Quinn"}, files={"photos": (ps[0].name, ps[0].read_bytes())})
+        assert r.status_code == 200 and r.json()["added"] == 1, r.text
+        assert "Quinn" in [p["name"] for p in client.predict(api_name="/list_people")[2]]
+        r = api.post("/identify", content=ps[0].read_bytes())  # the enrolled photo finds its own embedding
+        assert r.status_code == 200 and r.json()["faces"][0]["name"] == "Quinn", r.text
+        assert r.json()["faces"][0]["score"] > 0.999
+        assert api.post("/identify", content=b"junk").status_code == 400
+        assert api.delete("/people", params={"name": "Quinn"}).json() == {"deleted": "Quinn"}

@@ -1,0 +1,100 @@
+"""The JSON API (``app/api.py``) in process, on real photos and the real face model, through HTTP requests."""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from app.api import add_api, basic_auth_ok
+from app.face_demo import FaceDemo
+from app.uploads import MAX_UPLOAD_MB
+from h_model.faces import FaceVerifier
+from tests.app.app_helpers import photos
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, face_model: Path) -> FaceDemo:
+    faces = FaceDemo(FaceVerifier.load(face_model, device="cpu"), tmp_path_factory.mktemp("api") / "gallery",
+                     face_model)
+    yield faces
+    faces.close()
+
+
+def api(demo: FaceDemo, auth: tuple[str, str] | None = None) -> TestClient:
+    server = FastAPI()
+    add_api(server, demo, auth)
+    return TestClient(server)
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_basic_auth_header() -> None:
+    assert basic_auth_ok(basic("ada", "se:cret")["Authorization"], ("ada", "se:cret"))
+    for header in (None, "", "Bearer x", "Basic !!!", basic("ada", "wrong")["Authorization"],
+                   basic("bob", "se:cret")["Authorization"], "Basic " + base64.b64encode(b"ada").decode()):
+        assert not basic_auth_ok(header, ("ada", "se:cret")), header
+
+
+def test_enroll_identify_verify_delete(demo: FaceDemo, celeba: list[Path]) -> None:
+    c = api(demo)
+    assert c.get("/api/v1/health").json() == {"status": "ok"}
+    ada, bob = photos(celeba[-1], 3), photos(celeba[-2], 2)
+    r = c.post("/api/v1/identify", content=ada[2].read_bytes())
+    assert r.status_code == 400 and "gallery is empty" in r.json()["error"]
+
+    for name, ps in (("Ada", ada[:2]), ("Bob", bob)):
+        r = c.post("/api/v1/people", params={"name": name}, files=[("photos", (p.name, p.read_bytes())) for p in ps])
+        assert r.status_code == 200 and r.json()["added"] == len(ps) and r.json()["name"] == name, r.text
+    assert {(p["name"], p["photos"]) for p in c.get("/api/v1/people").json()["people"]} == {("Ada", 2), ("Bob", 2)}
+
+    r = c.post("/api/v1/identify", params={"k": 2}, content=bob[1].read_bytes())
+    face = r.json()["faces"][0]
+    assert r.status_code == 200 and face["name"] == "Bob" and face["score"] > 0.99 and len(face["matches"]) == 2
+    assert r.json() == demo.identify(str(bob[1]), 2)[1]  # the same answer as the page's
+
+    same = c.post("/api/v1/verify", files={"a": ada[0].read_bytes(), "b": ada[0].read_bytes()}).json()
+    assert same["same"] and same["score"] > 0.99
+    other = c.post("/api/v1/verify", files={"a": ada[0].read_bytes(), "b": bob[0].read_bytes()}).json()
+    assert other["same"] == (other["score"] >= other["threshold"]) and other["score"] < same["score"]
+
+    assert c.delete("/api/v1/people", params={"name": "Ada"}).json() == {"deleted": "Ada"}
+    r = c.delete("/api/v1/people", params={"name": "Ada"})
+    assert r.status_code == 404 and "no person named 'Ada'" in r.json()["error"]
+    assert [p["name"] for p in c.get("/api/v1/people").json()["people"]] == ["Bob"]
+    c.delete("/api/v1/people", params={"name": "Bob"})
+
+
+def test_bad_requests(demo: FaceDemo, celeba: list[Path], tmp_path: Path) -> None:
+    c = api(demo)
+    one = photos(celeba[-3], 1)[0]
+    c.post("/api/v1/people", params={"name": "Eve"}, files={"photos": (one.name, one.read_bytes())})
+    cases = [
+        (c.post("/api/v1/identify", content=b""), 400, "request body"),
+        (c.post("/api/v1/identify", content=b"not an image"), 400, "not an image"),
+        (c.post("/api/v1/identify", content=b"\0" * (MAX_UPLOAD_MB * 2**20 + 1)), 413, "too large"),
+        (c.post("/api/v1/verify", files={"a": one.read_bytes()}), 400, "named a and b"),
+        (c.post("/api/v1/verify", files={"a": one.read_bytes(), "b": b"GIF89a broken"}), 400, "photo b"),
+        (c.post("/api/v1/people", params={"name": "  "}, files={"photos": one.read_bytes()}), 400, "name"),
+        (c.post("/api/v1/people", params={"name": "Zed"}), 400, "multipart"),
+        (c.post("/api/v1/people", params={"name": "Zed"}, files=[("photos", b"x")] * 21), 400, "Too many files"),
+    ]
+    for r, status, text in cases:
+        assert r.status_code == status and text in r.json()["error"], (r.status_code, r.text)
+    assert [p["name"] for p in c.get("/api/v1/people").json()["people"]] == ["Eve"]  # nothing else got in
+    c.delete("/api/v1/people", params={"name": "Eve"})
+
+
+def test_login(demo: FaceDemo, celeba: list[Path]) -> None:
+    c = api(demo, auth=("ada", "se:cret"))
+    assert c.get("/api/v1/health").status_code == 200
+    for method, path in (("get", "/api/v1/people"), ("post", "/api/v1/identify"), ("post", "/api/v1/verify"),
+                         ("post", "/api/v1/people"), ("delete", "/api/v1/people")):
+        for headers in ({}, basic("ada", "wrong")):
+            r = getattr(c, method)(path, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Basic", (method, path)
+    assert c.get("/api/v1/people", headers=basic("ada", "se:cret")).json() == {"people": []}
