@@ -125,8 +125,9 @@ class Gallery:
     (or a ``verifier``), an existing one refuses another. ``threshold`` (default: the verifier's)
     is the open-set cosine threshold. ``exact_limit``: above this many embeddings the index is
     approximate instead of exact: ``approx="hnsw"`` (default; a graph with ``hnsw_m`` links per
-    vector, ``ef_search`` candidates kept per query; a removed embedding stays in the graph as a
-    filtered-out id until more than ``max_removed`` of it is removed, then the graph is rebuilt)
+    vector built with ``ef_construction`` candidates, ``ef_search`` kept per query, at least
+    ``8 * candidates``; a removed embedding stays in the graph as a filtered-out id until more than
+    ``max_removed`` of it is removed, then the graph is rebuilt)
     or ``approx="ivf"`` (``nprobe`` of about ``4 sqrt(n)`` lists searched; exact removal).
     ``candidates``: persons passed to the head. :meth:`enroll_many` adds many persons at once.
     """
