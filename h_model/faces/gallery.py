@@ -134,7 +134,7 @@ class Gallery:
 
     def __init__(self, path: str | Path, model_id: str | None = None, verifier: "FaceVerifier | None" = None,
                  threshold: float | None = None, exact_limit: int = 50_000, nprobe: int = 16,
-                 candidates: int = 32, approx: str = "hnsw", hnsw_m: int = 32, ef_construction: int = 40,
+                 candidates: int = 32, approx: str = "hnsw", hnsw_m: int = 32, ef_construction: int = 100,
                  ef_search: int = 128, max_removed: float = 0.1) -> None:
         if approx not in ("hnsw", "ivf"):
             raise ValueError(f"approx must be 'hnsw' or 'ivf', not {approx!r}")
