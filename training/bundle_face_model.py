@@ -9,7 +9,8 @@ points at the photos again, then measures the few-shot figures (5w1s, 5w5s, 20w1
 identities, 1000 episodes each) and recalibrates the verification threshold (FAR 1e-3 on
 validation pairs, 10-fold report on test pairs) on crops aligned here from the original photos.
 A run trained from a pack (WebP crops) thus gets figures and a threshold for the crops it will
-see in use.
+see in use. ``--flip-embed`` turns on the test-time flip (see ``FewShotModel.flip_embed``) before
+measuring.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "h_model" / "bundled" / "faces_default"))
     ap.add_argument("--data-root", default=None, help="the photos (default: $H_DATA_ROOT, else ../shared/data)")
     ap.add_argument("--far", type=float, default=1e-3)
+    ap.add_argument("--flip-embed", action="store_true",
+                    help="embed each crop as the mean of it and its mirror image (test-time flip; twice the cost)")
     a = ap.parse_args(argv)
 
     import torch
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             train["teacher"] = Path(teacher_file).stem.removeprefix("teacher-")
     if pack:
         train["trained_from_pack"] = Path(pack).name
+    if a.flip_embed:
+        cfg["model"].setdefault("model_kwargs", {})["flip_embed"] = True
     write_json(dst / "config.json", cfg)
 
     torch.set_num_threads(max(1, torch.get_num_threads()))

@@ -28,6 +28,12 @@ class FewShotModel(nn.Module, ABC):
     #: autograd available (``torch.no_grad``, never ``inference_mode``).
     embeds_independently: bool = True
 
+    #: Test-time flip (``create_model(..., flip_embed=True)``): in eval mode an image's embedding is
+    #: the mean of its own and its mirror image's, so it is the same for both, for twice the backbone
+    #: cost. Training is unaffected. (Bundled face model: few-shot +0.7 / +1.0 points at 5w1s / 20w1s,
+    #: 10-fold pair verification unchanged, 89.1 vs 89.3%; so it stays off there.)
+    flip_embed: bool = False
+
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         self.backbone = backbone
@@ -35,7 +41,11 @@ class FewShotModel(nn.Module, ABC):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., C, H, W]`` images -> ``[..., D]`` embeddings."""
         lead = x.shape[:-3]
-        return self.backbone(x.reshape(-1, *x.shape[-3:])).reshape(*lead, -1)
+        flat = x.reshape(-1, *x.shape[-3:])
+        if self.flip_embed and not self.training:
+            z = self.backbone(torch.cat([flat, flat.flip(-1)]))
+            return ((z[:len(flat)] + z[len(flat):]) / 2).reshape(*lead, -1)
+        return self.backbone(flat).reshape(*lead, -1)
 
     @abstractmethod
     def head(self, support_z: torch.Tensor, support_y: torch.Tensor, query_z: torch.Tensor,
@@ -106,7 +116,11 @@ def create_model(name: str, backbone: str | nn.Module = "conv4", backbone_kwargs
     factory = MODELS.get(name)
     if "dim" in inspect.signature(factory).parameters and kwargs.get("dim") is None and input_shape:
         kwargs["dim"] = embedding_dim(bb, tuple(input_shape))
-    model = factory(bb, **kwargs)
+    model = factory(bb, **{k: v for k, v in kwargs.items() if k != "flip_embed"})
+    if kwargs.get("flip_embed"):
+        if not model.embeds_independently:
+            raise ValueError(f"flip_embed needs a model that embeds each image on its own; {name} adapts to the support set")
+        model.flip_embed = True
     model.spec = {"variant": name, "backbone": backbone if isinstance(backbone, str) else type(backbone).__name__,
                   "backbone_kwargs": dict(backbone_kwargs or {}), "model_kwargs": kwargs}
     return model

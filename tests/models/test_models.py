@@ -120,3 +120,35 @@ def test_siamese_class_logit_is_best_pair():
     y = torch.tensor([[0, 0, 1]])
     q = torch.tensor([[[4.0, 5.0]]])
     assert torch.allclose(model.head(s, y, q, 2), torch.tensor([[[-1.0, -8.0]]]))
+
+
+@pytest.mark.parametrize("variant", ["proto", "siamese"])
+def test_flip_embed_is_mirror_invariant_at_test_time_only(variant, tmp_path):
+    bkw, shape = BACKBONE_CASES["face_resnet"]
+    kwargs = {"distance": "cosine"} if variant == "proto" else {}
+    model = create_model(variant, "face_resnet", bkw, input_shape=shape, flip_embed=True, **kwargs)
+    plain = create_model(variant, "face_resnet", bkw, input_shape=shape, **kwargs)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(2, 5, *shape)
+    assert model.flip_embed and not plain.flip_embed
+    torch.manual_seed(1)
+    z_train = model.embed(x)
+    torch.manual_seed(1)  # the same dropout masks
+    assert torch.equal(z_train, plain.embed(x))  # training mode: no flip
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        z = model.embed(x)
+        assert z.shape == plain.embed(x).shape
+        assert torch.allclose(z, model.embed(x.flip(-1)), atol=1e-5)
+        assert torch.allclose(z, (plain.embed(x) + plain.embed(x.flip(-1))) / 2, atol=1e-5)
+        assert not torch.allclose(z, plain.embed(x), atol=1e-3)
+    save_checkpoint(tmp_path, model, {"preprocess": Preprocess(size=shape[1:], channels=shape[0]).to_dict()})
+    learner = h_model.load(tmp_path, device="cpu")
+    assert learner.model.flip_embed
+    with torch.no_grad():
+        assert torch.equal(learner.model.embed(x), z)
+
+
+def test_flip_embed_refuses_learners_that_adapt():
+    with pytest.raises(ValueError, match="flip_embed"):
+        create_model("maml", "conv4", {"in_channels": 1}, input_shape=(1, 28, 28), flip_embed=True)
