@@ -54,7 +54,7 @@ class FewShotModel(nn.Module, ABC):
 
     def embed_episode(self, support_x: torch.Tensor, query_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One backbone call over support and query together (one BatchNorm batch, as in the papers)."""
-        B, S, Q = support_x.shape[0], support_x.shape[1], query_x.shape[1]
+        S, Q = support_x.shape[1], query_x.shape[1]
         z = self.embed(torch.cat([support_x, query_x], dim=1))
         return z[:, :S], z[:, S:S + Q]
 
