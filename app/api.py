@@ -26,6 +26,7 @@ import secrets
 from typing import Any, Callable
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -103,6 +104,11 @@ def add_api(server: FastAPI, faces: FaceDemo, auth: tuple[str, str] | None = Non
             names = " and ".join(keys) if isinstance(keys, tuple) else keys
             return error(400, f"send the photos as multipart form files named {names}")
         return [(p.filename or f"photo {i + 1}", await p.read()) for i, p in enumerate(parts)]
+
+    @server.exception_handler(RequestValidationError)
+    async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return error(400, f"bad request parameter ({where})")
 
     @server.get(f"{PREFIX}/health")
     async def health() -> dict[str, str]:

@@ -75,6 +75,7 @@ def test_bad_requests(demo: FaceDemo, celeba: list[Path], tmp_path: Path) -> Non
     c.post("/api/v1/people", params={"name": "Eve"}, files={"photos": (one.name, one.read_bytes())})
     cases = [
         (c.post("/api/v1/identify", content=b""), 400, "request body"),
+        (c.post("/api/v1/identify", params={"k": "many"}, content=one.read_bytes()), 400, "query.k"),
         (c.post("/api/v1/identify", content=b"not an image"), 400, "not an image"),
         (c.post("/api/v1/identify", content=b"\0" * (MAX_UPLOAD_MB * 2**20 + 1)), 413, "too large"),
         (c.post("/api/v1/verify", files={"a": one.read_bytes()}), 400, "named a and b"),
