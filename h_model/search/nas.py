@@ -9,14 +9,16 @@ registers the ``nas_cnn`` backbone, so a found design trains from scratch with
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import nn
 
 from ..models.backbones import BACKBONES
 from .reinforce import ChoiceSpace
-from .task import FewShotTask
+
+if TYPE_CHECKING:  # the task imports the evaluator, which `python -m h_model.evaluate` must import first
+    from .task import FewShotTask
 
 FILTERS = (24, 36, 48, 64)
 KERNELS = (1, 3, 5, 7)
