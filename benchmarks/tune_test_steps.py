@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Test-time inner steps of a MAML-family checkpoint: chosen on validation classes, then measured on test.
 
-    python benchmarks/tune_test_steps.py RUN_DIR [--steps 3 5 10] [--val-episodes 500] [--out results.json]
+    python benchmarks/tune_test_steps.py RUN_DIR [--steps 3 5 10] [--val-episodes 500] [--out results.json] [--write]
 
 For each candidate ``test_steps``, 5-way 1-shot accuracy on the checkpoint's validation classes
 (``--val-episodes`` episodes, one fixed seed for all); the best one is then measured on the test
-classes at 5-way and 20-way 1-shot (1000 episodes each, the evaluator's default seed). The
-checkpoint itself is not changed: pass the chosen value as ``model_kwargs: {test_steps: N}``.
+classes at 5-way and 20-way 1-shot (1000 episodes each, the evaluator's default seed). With
+``--write`` the chosen value goes into the checkpoint's ``config.json`` (so ``h_model.load`` and
+the evaluator adapt with it); otherwise the checkpoint is not changed.
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--query", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--write", action="store_true", help="store the chosen test_steps in RUN_DIR/config.json")
     a = ap.parse_args(argv)
 
     import torch
 
-    from h_model.checkpoint import load_checkpoint
+    from h_model.checkpoint import CONFIG, load_checkpoint, write_json
     from h_model.data import load_splits
     from h_model.evaluate import evaluate
 
@@ -58,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         r = evaluate(model, test, way, 1, a.query, a.test_episodes, device="cpu")
         out[f"{way}w1s"] = r
         print(f"test {way}w1s with {best} test steps: {100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f} %", flush=True)
+    if a.write:
+        cfg["model"].setdefault("model_kwargs", {})["test_steps"] = best
+        cfg["test_steps_tuning"] = {k: out[k] for k in ("trained_test_steps", "validation_5w1s", "chosen_test_steps")}
+        write_json(run / CONFIG, cfg)
+        print(f"wrote test_steps={best} into {run / CONFIG}")
     if a.out:
         Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
         print(f"wrote {a.out}")

@@ -2,6 +2,7 @@
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 
@@ -61,3 +62,22 @@ def test_maml_checkpoint_predicts_through_public_api(maml_run, data_root):
     assert np.mean([p == t for p, t in zip(pred.labels, truth)]) >= 0.4  # chance is 0.2 (P(>=8 of 20) ~ 0.03)
     again = learner.predict(support, [c.name for c in chars], queries)  # adaptation is deterministic
     np.testing.assert_array_equal(pred.probs, again.probs)
+
+
+def test_tune_test_steps_chooses_on_validation_and_writes_the_choice(maml_run, data_root, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(maml_run, run)
+    env = {**os.environ, "H_DATA_ROOT": str(data_root), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tune_test_steps.py"), str(run), "--steps", "1", "5",
+                        "--val-episodes", "30", "--test-episodes", "10", "--threads", "1",
+                        "--out", str(tmp_path / "tune.json"), "--write"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads((tmp_path / "tune.json").read_text())
+    val = out["validation_5w1s"]
+    assert sorted(val) == ["1", "5"] and all(v["episodes"] == 30 for v in val.values())
+    assert out["chosen_test_steps"] == max((1, 5), key=lambda s: val[str(s)]["accuracy"])
+    assert out["5w1s"]["episodes"] == 10 and out["20w1s"]["way"] == 20
+    assert h_model.load(run, device="cpu").model.test_steps == out["chosen_test_steps"]
+    assert json.loads((run / "config.json").read_text())["test_steps_tuning"]["trained_test_steps"] == 3
+    assert json.loads((maml_run / "config.json").read_text())["model"]["model_kwargs"]["test_steps"] == 3
