@@ -14,10 +14,17 @@ class SiameseNet(FewShotModel):
     An optional ``hidden`` layer with sigmoid (Koch et al.'s 4096-unit layer, smaller here)
     sits between backbone and distance. A query's logit for a class is its best pair logit
     over that class's support examples: one-shot classification by the most similar example.
+    With several shots, ``pool="mean"`` averages the pair logits over the class's examples
+    instead (a test-time choice: the pair loss does not depend on it).
     """
 
-    def __init__(self, backbone: nn.Module, dim: int | None = None, hidden: int = 0) -> None:
+    POOLS = ("max", "mean")
+
+    def __init__(self, backbone: nn.Module, dim: int | None = None, hidden: int = 0, pool: str = "max") -> None:
         super().__init__(backbone)
+        if pool not in self.POOLS:
+            raise ValueError(f"pool must be one of {self.POOLS}, got {pool!r}")
+        self.pool = pool
         if dim is None:
             raise ValueError("SiameseNet needs the backbone's embedding dimension `dim` "
                              "(create_model(..., input_shape=(C, H, W)) fills it in)")
@@ -32,13 +39,15 @@ class SiameseNet(FewShotModel):
         return self.distance((query_z.unsqueeze(2) - support_z.unsqueeze(1)).abs()).squeeze(-1)
 
     @staticmethod
-    def class_logits(pairs: torch.Tensor, support_y: torch.Tensor, way: int) -> torch.Tensor:
-        """Best pair logit per class: ``[B, Q, S]`` -> ``[B, Q, N]``."""
-        mask = one_hot(support_y, way, pairs.dtype).bool()                 # [B, S, N]
-        return pairs.unsqueeze(-1).masked_fill(~mask.unsqueeze(1), float("-inf")).amax(dim=2)
+    def class_logits(pairs: torch.Tensor, support_y: torch.Tensor, way: int, pool: str = "max") -> torch.Tensor:
+        """Best (``max``) or mean pair logit per class: ``[B, Q, S]`` -> ``[B, Q, N]``."""
+        onehot = one_hot(support_y, way, pairs.dtype)                      # [B, S, N]
+        if pool == "mean":
+            return pairs @ (onehot / onehot.sum(1, keepdim=True).clamp_min(1))
+        return pairs.unsqueeze(-1).masked_fill(~onehot.bool().unsqueeze(1), float("-inf")).amax(dim=2)
 
     def head(self, support_z, support_y, query_z, way):
-        return self.class_logits(self.pair_logits(support_z, query_z), support_y, way)
+        return self.class_logits(self.pair_logits(support_z, query_z), support_y, way, self.pool)
 
     def episode_loss(self, support_x, support_y, query_x, query_y, way=None):
         """Binary cross-entropy over all (query, support) pairs, positives up-weighted to balance."""
@@ -50,9 +59,9 @@ class SiameseNet(FewShotModel):
         same = (query_y.unsqueeze(2) == support_y.unsqueeze(1)).to(pairs.dtype)
         pos_weight = torch.tensor(float(max(way - 1, 1)), device=pairs.device)
         loss = F.binary_cross_entropy_with_logits(pairs, same, pos_weight=pos_weight)
-        return loss, self.class_logits(pairs, support_y, way)
+        return loss, self.class_logits(pairs, support_y, way, self.pool)
 
 
 @MODELS.register("siamese")
-def siamese(backbone: nn.Module, dim: int | None = None, hidden: int = 0) -> SiameseNet:
-    return SiameseNet(backbone, dim, hidden)
+def siamese(backbone: nn.Module, dim: int | None = None, hidden: int = 0, pool: str = "max") -> SiameseNet:
+    return SiameseNet(backbone, dim, hidden, pool)

@@ -64,11 +64,12 @@ def test_maml_checkpoint_predicts_through_public_api(maml_run, data_root):
     np.testing.assert_array_equal(pred.probs, again.probs)
 
 
-def test_tune_test_steps_chooses_on_validation_and_writes_the_choice(maml_run, data_root, tmp_path):
+def test_tune_test_time_chooses_test_steps_on_validation_and_writes_the_choice(maml_run, data_root, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(maml_run, run)
     env = {**os.environ, "H_DATA_ROOT": str(data_root), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tune_test_steps.py"), str(run), "--steps", "1", "5",
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tune_test_time.py"), str(run),
+                        "--knob", "test_steps", "--values", "1", "5",
                         "--val-episodes", "30", "--test-episodes", "10", "--threads", "1",
                         "--out", str(tmp_path / "tune.json"), "--write"],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
@@ -76,8 +77,16 @@ def test_tune_test_steps_chooses_on_validation_and_writes_the_choice(maml_run, d
     out = json.loads((tmp_path / "tune.json").read_text())
     val = out["validation_5w1s"]
     assert sorted(val) == ["1", "5"] and all(v["episodes"] == 30 for v in val.values())
-    assert out["chosen_test_steps"] == max((1, 5), key=lambda s: val[str(s)]["accuracy"])
+    assert out["chosen"] == max((1, 5), key=lambda s: val[str(s)]["accuracy"])
     assert out["5w1s"]["episodes"] == 10 and out["20w1s"]["way"] == 20
-    assert h_model.load(run, device="cpu").model.test_steps == out["chosen_test_steps"]
-    assert json.loads((run / "config.json").read_text())["test_steps_tuning"]["trained_test_steps"] == 3
+    assert h_model.load(run, device="cpu").model.test_steps == out["chosen"]
+    assert json.loads((run / "config.json").read_text())["test_time_tuning"]["test_steps"]["trained"] == 3
     assert json.loads((maml_run / "config.json").read_text())["model"]["model_kwargs"]["test_steps"] == 3
+
+
+def test_tune_test_time_refuses_a_knob_the_model_lacks(maml_run, data_root):
+    env = {**os.environ, "H_DATA_ROOT": str(data_root), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "tune_test_time.py"), str(maml_run),
+                        "--knob", "pool", "--values", "max", "mean", "--threads", "1"],
+                       capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert r.returncode != 0 and "has no test-time `pool`" in r.stderr

@@ -120,6 +120,13 @@ def test_siamese_class_logit_is_best_pair():
     y = torch.tensor([[0, 0, 1]])
     q = torch.tensor([[[4.0, 5.0]]])
     assert torch.allclose(model.head(s, y, q, 2), torch.tensor([[[-1.0, -8.0]]]))
+    model.pool = "mean"  # class 0: (-9 + -1) / 2
+    assert torch.allclose(model.head(s, y, q, 2), torch.tensor([[[-5.0, -8.0]]]))
+
+
+def test_siamese_rejects_unknown_pool():
+    with pytest.raises(ValueError, match="pool must be one of"):
+        create_model("siamese", "conv4", dim=2, pool="median")
 
 
 @pytest.mark.parametrize("variant", ["proto", "siamese"])
