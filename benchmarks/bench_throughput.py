@@ -8,7 +8,7 @@ broadcasting a [Q, N, D] difference tensor. h_model samples indices into the dec
 tensor and runs its channels-last Conv-4 (same function, same initial weights) with
 matrix-product distances. Same episodes (same sampler, same seed), same optimiser, one run.
 
-    python benchmarks/bench_throughput.py [--episodes 20] [--way 60 --shot 5 --query 5]
+    python benchmarks/bench_throughput.py [--episodes 30] [--way 60 --shot 1 --query 5]   # the default run's episodes
 """
 from __future__ import annotations
 
@@ -87,9 +87,9 @@ def reference_step(model, opt, sources, rotations, idx, way, shot, query, size):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--episodes", type=int, default=30)
     ap.add_argument("--way", type=int, default=60)
-    ap.add_argument("--shot", type=int, default=5)
+    ap.add_argument("--shot", type=int, default=1)
     ap.add_argument("--query", type=int, default=5)
     ap.add_argument("--out", default="benchmarks/results/throughput.json")
     a = ap.parse_args()
