@@ -23,3 +23,22 @@ def keep_freed_memory() -> bool:
                     and libc.mallopt(M_TOP_PAD, 1 << 28))
     except (OSError, AttributeError):
         return False
+
+
+def restore_malloc_defaults() -> bool:
+    """Undo :func:`keep_freed_memory` and hand the heap's free pages back to the OS.
+
+    For the phase after training: its allocations (whole-set embedding, evaluation) differ in
+    size from the training steps' and would otherwise grow the kept heap on top of the freed
+    training memory (measured: +1 GB of peak after a 1,400-episode default run).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = (libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024) and libc.mallopt(M_TRIM_THRESHOLD, 128 * 1024)
+              and libc.mallopt(M_TOP_PAD, 128 * 1024))
+        libc.malloc_trim(0)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False

@@ -32,7 +32,7 @@ from .augment import Augment
 from .learner import pick_device
 from .models import FewShotModel, create_model
 from .models.base import embedding_dim
-from .runtime import keep_freed_memory
+from .runtime import keep_freed_memory, restore_malloc_defaults
 
 log = logging.getLogger("h_model.train")
 STATE = "state.pt"
@@ -385,6 +385,7 @@ def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes
     """
     from .plots import plot_curves
 
+    restore_malloc_defaults()  # training is over: stop keeping freed memory
     model, _ = load_checkpoint(out / WEIGHTS, device)
     z = embed_all(model, test_set, device) if model.embeds_independently else None
     results: dict[str, Any] = {}
