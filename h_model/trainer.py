@@ -32,7 +32,7 @@ from .augment import Augment
 from .learner import pick_device
 from .models import FewShotModel, create_model
 from .models.base import embedding_dim
-from .runtime import keep_freed_memory, restore_malloc_defaults
+from .runtime import default_malloc, keep_freed_memory, restore_malloc_defaults
 
 log = logging.getLogger("h_model.train")
 STATE = "state.pt"
@@ -191,7 +191,6 @@ class Stop(Exception):
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run training, validation, checkpointing and the final test evaluation; returns results."""
     cfg.validate()
-    keep_freed_memory()
     rank, world, device = init_distributed(cfg.device)
     main = rank == 0
     out = Path(cfg.out)
@@ -199,6 +198,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
     data_kwargs = {"data_root": cfg.data_root, "image_size": cfg.image_size, "seed": cfg.seed, **cfg.data_kwargs}
     train_set, val_set, test_set = load_splits(cfg.dataset, **data_kwargs)
+    keep_freed_memory()  # from here on: training steps, which reuse the same blocks (after decoding)
     prep = train_set.preprocess
     model = create_model(cfg.variant, cfg.backbone, cfg.backbone_kwargs,
                          input_shape=(prep.channels, *prep.size), **cfg.model_kwargs).to(device)
@@ -260,8 +260,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         write_metrics(out / "metrics.csv", rows)
 
     def validate() -> tuple[float, float]:
-        r = evaluate(model, val_set, cfg.test_way, cfg.test_shot, cfg.test_query, cfg.val_episodes,
-                     seed=4321, device=device)
+        with default_malloc():
+            r = evaluate(model, val_set, cfg.test_way, cfg.test_shot, cfg.test_query, cfg.val_episodes,
+                         seed=4321, device=device)
         return r["accuracy"], r["ci95"]
 
     tb = None
