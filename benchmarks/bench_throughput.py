@@ -8,6 +8,9 @@ broadcasting a [Q, N, D] difference tensor. h_model samples indices into the dec
 tensor and runs its channels-last Conv-4 (same function, same initial weights) with
 matrix-product distances. Same episodes (same sampler, same seed), same optimiser, one run.
 
+On a CPU with native bfloat16 (AMX / AVX-512 BF16) h_model's loop also runs under bf16 autocast
+(``train_h.py --amp``), reported beside the float32 figure.
+
     python benchmarks/bench_throughput.py [--episodes 30] [--way 60 --shot 1 --query 5]   # the default run's episodes
 """
 from __future__ import annotations
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from h_model.data import omniglot_splits  # noqa: E402
 from h_model.episodes import EpisodeSampler  # noqa: E402
 from h_model.models import create_model  # noqa: E402
-from h_model.runtime import keep_freed_memory  # noqa: E402
+from h_model.runtime import cpu_has_native_bf16, keep_freed_memory  # noqa: E402
 
 
 class PaperConv4(nn.Module):
@@ -81,7 +84,7 @@ def reference_step(model, opt, sources, rotations, idx, way, shot, query, size):
     opt.zero_grad()
     loss.backward()
     opt.step()
-    return float(loss)
+    return loss.item()
 
 
 def main() -> None:
@@ -101,25 +104,35 @@ def main() -> None:
     ours = create_model("proto", "conv4")
     ref = PaperConv4()
     copy_weights(ours, ref)
-    opt_ours = torch.optim.Adam(ours.parameters(), 1e-3)
     opt_ref = torch.optim.Adam(ref.parameters(), 1e-3)
     n = a.episodes + 2  # two warm-up episodes each, not timed
     episodes = list(EpisodeSampler(train, a.way, a.shot, a.query, 1, seed=0).sample_indices() for _ in range(n))
 
-    # h_model: index the decoded tensor, normalise, one fused step per episode
-    t_ours = []
-    for idx, _ in episodes:
-        t = time.perf_counter()
-        imgs = train.images[idx.flatten()].view(1, a.way, a.shot + a.query, 1, size, size)
-        sx = imgs[:, :, : a.shot].reshape(1, -1, 1, size, size)
-        qx = imgs[:, :, a.shot:].reshape(1, -1, 1, size, size)
-        sy = torch.arange(a.way).repeat_interleave(a.shot)[None]
-        qy = torch.arange(a.way).repeat_interleave(a.query)[None]
-        loss, _ = ours.episode_loss(train.preprocess.normalize(sx), sy, train.preprocess.normalize(qx), qy, a.way)
-        opt_ours.zero_grad(set_to_none=True)
-        loss.backward()
-        opt_ours.step()
-        t_ours.append(time.perf_counter() - t)
+    # h_model: index the decoded tensor, normalise, one fused step per episode; in float32 and,
+    # on a CPU with native bfloat16 (AMX / AVX-512 BF16), also under bf16 autocast (--amp)
+    def run_ours(amp: bool) -> list[float]:
+        model = create_model("proto", "conv4")
+        model.load_state_dict(ours.state_dict())
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        times = []
+        for idx, _ in episodes:
+            t = time.perf_counter()
+            imgs = train.images[idx.flatten()].view(1, a.way, a.shot + a.query, 1, size, size)
+            sx = imgs[:, :, : a.shot].reshape(1, -1, 1, size, size)
+            qx = imgs[:, :, a.shot:].reshape(1, -1, 1, size, size)
+            sy = torch.arange(a.way).repeat_interleave(a.shot)[None]
+            qy = torch.arange(a.way).repeat_interleave(a.query)[None]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                loss, _ = model.episode_loss(train.preprocess.normalize(sx), sy, train.preprocess.normalize(qx),
+                                             qy, a.way)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        return times
+
+    t_ours = run_ours(False)
+    t_amp = run_ours(True) if cpu_has_native_bf16() else None
     t_ref, t_decode = [], []
     for idx, _ in episodes:
         t = time.perf_counter()
@@ -137,7 +150,12 @@ def main() -> None:
         "h_model_episodes_per_s": round(1 / ours_s, 3), "reference_episodes_per_s": round(1 / ref_s, 3),
         "reference_decode_s_per_episode": round(float(np.mean(t_decode[2:])), 4),
         "speedup": round(ref_s / ours_s, 2),
+        "cpu_native_bf16": cpu_has_native_bf16(),
     }
+    if t_amp is not None:
+        amp_s = float(np.mean(t_amp[2:]))
+        res.update(h_model_amp_s_per_episode=round(amp_s, 4), h_model_amp_episodes_per_s=round(1 / amp_s, 3),
+                   speedup_amp=round(ref_s / amp_s, 2))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

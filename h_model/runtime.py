@@ -4,6 +4,7 @@ from __future__ import annotations
 import ctypes
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -68,3 +69,16 @@ def default_malloc() -> Iterator[None]:
         yield
     finally:
         keep_freed_memory()
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes in bfloat16 natively (AMX or AVX-512 BF16; Linux only).
+
+    Only then does bf16 autocast on the CPU pay off (measured: a Conv-4 Prototypical 60-way
+    1-shot step 0.21 -> 0.15 s with AMX); elsewhere oneDNN emulates bf16 and is slower.
+    """
+    try:
+        flags = Path(cpuinfo).read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -32,7 +32,7 @@ from .augment import Augment
 from .learner import pick_device
 from .models import FewShotModel, create_model
 from .models.base import embedding_dim
-from .runtime import default_malloc, keep_freed_memory, restore_malloc_defaults
+from .runtime import cpu_has_native_bf16, default_malloc, keep_freed_memory, restore_malloc_defaults
 
 log = logging.getLogger("h_model.train")
 STATE = "state.pt"
@@ -184,6 +184,17 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, w)
 
 
+def amp_settings(amp: bool, device: torch.device) -> tuple[torch.dtype, bool]:
+    """(autocast dtype, whether to autocast): bf16 on CUDA where supported (else fp16 with a
+    gradient scaler) and on CPUs with native bf16; on other CPUs float32 (bf16 would be emulated, slower)."""
+    if device.type == "cuda":
+        return (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16), amp
+    if amp and not cpu_has_native_bf16():
+        log.info("amp: this CPU has no native bfloat16 (AMX / AVX-512 BF16); training in float32")
+        return torch.bfloat16, False
+    return torch.bfloat16, amp
+
+
 class Stop(Exception):
     """Raised from the SIGTERM handler so a killed run saves its state first."""
 
@@ -245,8 +256,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     net: nn.Module = EpisodeLoss(model, distill)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
-    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype, use_amp = amp_settings(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     def save_state() -> None:
@@ -398,9 +408,10 @@ def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes
                         "episodes": episodes, "time_s": round(elapsed, 1),
                         "episodes_per_s": round(episodes / max(elapsed, 1e-9), 3),
                         "best_val_accuracy": best_val, "peak_rss_mb": round(peak_rss_mb(), 1),
-                        "device": str(device)}
+                        "device": str(device),
+                        "amp": bool(cfg.amp) and (device.type == "cuda" or cpu_has_native_bf16())}
     if device.type == "cuda":
-        results["train"].update(gpu=torch.cuda.get_device_name(device), amp=cfg.amp,
+        results["train"].update(gpu=torch.cuda.get_device_name(device),
                                 peak_gpu_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 1))
     if cfg.dataset == "faces" and val_set is not None:
         from .faces.calibrate import calibrate_checkpoint

@@ -28,3 +28,28 @@ def test_default_malloc_suspends_keep_and_resumes_it_even_after_an_error():
     assert runtime._keeping is True
     assert runtime.restore_malloc_defaults() is True
     assert runtime._keeping is False
+
+
+def test_cpu_amp_only_with_native_bf16(monkeypatch, caplog):
+    import logging
+
+    import torch
+
+    caplog.set_level(logging.INFO)
+    from h_model import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
+    assert trainer.amp_settings(True, torch.device("cpu")) == (torch.bfloat16, False)
+    assert "no native bfloat16" in caplog.text
+    assert trainer.amp_settings(False, torch.device("cpu")) == (torch.bfloat16, False)
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: True)
+    assert trainer.amp_settings(True, torch.device("cpu")) == (torch.bfloat16, True)
+
+
+def test_cpu_has_native_bf16_reads_the_cpu_flags(tmp_path):
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor : 0\nflags : fpu sse2 avx2 fma avx512f\n")
+    assert runtime.cpu_has_native_bf16(f) is False
+    f.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert runtime.cpu_has_native_bf16(f) is True
+    assert runtime.cpu_has_native_bf16(tmp_path / "missing") is False

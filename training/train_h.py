@@ -74,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                     "(python -m h_model.faces pack) instead of the photos")
     for flag, (dest, typ, help_) in FLAGS.items():
         ap.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
-    ap.add_argument("--amp", action="store_true", default=None, help="mixed precision (CUDA only)")
+    ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="mixed precision: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with AMX / AVX-512 BF16 "
+                         "(on in default.yaml; --no-amp: float32)")
     ap.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
     a = ap.parse_args(argv)
     cfg_path = Path(a.config) if a.config else DEFAULT_CONFIGS.get(a.dataset or "omniglot", DEFAULT_CONFIGS["omniglot"])
