@@ -8,8 +8,12 @@ The GPU box has neither the photos nor dlib, so both runs read a face pack writt
 
 Each run is ``training/train_h.py`` with the CPU configs (``faces.yaml``, ``faces_distill.yaml``)
 and only the device, mixed precision, time budget and checkpoint interval changed, so the figures
-answer one question: does the longer training a GPU allows raise them? The run folders go to
-``--runs-dir``; their results (episodes, speed, verification on test identities) to ``--out``.
+answer one question: does the longer training a GPU allows raise them? ``--job NAME=ARGS``
+(repeatable) replaces those two runs by others, e.g. a sweep of distillation weights:
+``--job "d4=--config training/configs/faces_distill.yaml --teacher precomputed --distill-embed 4"``
+(``--teacher precomputed`` gets ``--teacher-file PACK/teacher-dlib.pt`` added). The runs share the
+GPU and ``--threads`` CPU threads each. The run folders go to ``--runs-dir``; their results
+(episodes, speed, verification on test identities) to ``--out``.
 The figures that count are measured afterwards on the original crops with
 ``benchmarks/bench_faces.py`` (the pack's WebP crops differ from them by about 2 grey levels).
 """
@@ -17,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
 import time
@@ -32,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--runs-dir", default="runs/faces_gpu")
     ap.add_argument("--eval-episodes", type=int, default=1000)
+    ap.add_argument("--job", action="append", default=[], metavar="NAME=ARGS",
+                    help="a run: its name and train_h.py arguments (default: scratch and distilled)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads per run (default: PyTorch's)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "faces_gpu.json"))
     a = ap.parse_args(argv)
     runs = Path(a.runs_dir)
@@ -41,15 +50,20 @@ def main(argv: list[str] | None = None) -> int:
               "--checkpoint-every", "1000", "--val-every", "500", "--eval-episodes", str(a.eval_episodes)]
     if a.device.startswith("cuda"):
         common.append("--amp")
-    jobs = {"scratch": ["--config", "training/configs/faces.yaml"],
-            "distilled": ["--config", "training/configs/faces_distill.yaml", "--teacher", "precomputed",
-                          "--teacher-file", str(pack / "teacher-dlib.pt")]}
+    jobs = parse_jobs(a.job) if a.job else {
+        "scratch": ["--config", "training/configs/faces.yaml"],
+        "distilled": ["--config", "training/configs/faces_distill.yaml", "--teacher", "precomputed"]}
+    for args in jobs.values():
+        if "precomputed" in args and "--teacher-file" not in args:
+            args += ["--teacher-file", str(pack / "teacher-dlib.pt")]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(a.threads)} if a.threads else {})}
     procs, t0 = {}, time.time()
     for name, args in jobs.items():
         log = open(runs / f"{name}.log", "w")
         procs[name] = subprocess.Popen([sys.executable, "training/train_h.py", *args, *common, "--out", str(runs / name)],
-                                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    report: dict = {"device": a.device, "minutes": a.minutes, "pack": str(pack), "runs": {}}
+                                       cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    report: dict = {"device": a.device, "minutes": a.minutes, "pack": str(pack),
+                    "jobs": {k: shlex.join(v) for k, v in jobs.items()}, "runs": {}}
     for name, p in procs.items():
         rc = p.wait()
         res_file = runs / name / "results.json"
@@ -63,6 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(report, indent=2))
     return 0 if all(r["rc"] == 0 for r in report["runs"].values()) else 1
+
+
+def parse_jobs(specs: list[str]) -> dict[str, list[str]]:
+    """``["name=--flag value ...", ...]`` -> ``{name: [args]}`` (names unique, letters/digits/_/-)."""
+    jobs: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, args = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not all(c.isalnum() or c in "_-" for c in name):
+            raise SystemExit(f"--job wants NAME=ARGS with a plain name, got {spec!r}")
+        if name in jobs:
+            raise SystemExit(f"--job name {name!r} given twice")
+        jobs[name] = shlex.split(args)
+    return jobs
 
 
 if __name__ == "__main__":

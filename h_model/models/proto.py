@@ -11,15 +11,28 @@ from .base import MODELS, FewShotModel, one_hot
 class ProtoNet(FewShotModel):
     """Class prototype = mean support embedding; logits = -squared Euclidean distance.
 
-    ``distance='cosine'`` uses scaled cosine similarity instead (learnable scale).
+    ``distance='cosine'`` uses scaled cosine similarity instead, with a learned inverse
+    temperature held as ``log_scale`` (as in :class:`MatchingNet`: Adam moves a parameter by
+    about its learning rate per step, so a raw scale crawls while its log moves by a ratio).
     """
 
     def __init__(self, backbone: nn.Module, distance: str = "euclidean", scale: float = 10.0) -> None:
         super().__init__(backbone)
         if distance not in ("euclidean", "cosine"):
             raise ValueError("distance must be 'euclidean' or 'cosine'")
+        if scale <= 0:
+            raise ValueError(f"scale must be > 0, got {scale}")
         self.distance = distance
-        self.scale = nn.Parameter(torch.tensor(float(scale))) if distance == "cosine" else None
+        self.log_scale = nn.Parameter(torch.tensor(float(scale)).log()) if distance == "cosine" else None
+
+    @property
+    def scale(self) -> torch.Tensor | None:
+        return None if self.log_scale is None else self.log_scale.exp()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "scale" in state_dict and self.log_scale is not None:  # checkpoints before log_scale
+            state_dict[prefix + "log_scale"] = state_dict.pop(prefix + "scale").log()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def head(self, support_z, support_y, query_z, way):
         oh = one_hot(support_y, way, support_z.dtype)                    # [B, S, N]

@@ -161,8 +161,9 @@ def test_flip_embed_refuses_learners_that_adapt():
         create_model("maml", "conv4", {"in_channels": 1}, input_shape=(1, 28, 28), flip_embed=True)
 
 
-def test_matching_learns_its_scale_in_log_space_and_loads_old_checkpoints():
-    model = create_model("matching", "conv4", scale=10.0)
+@pytest.mark.parametrize("variant,kwargs", [("matching", {}), ("proto", {"distance": "cosine"})])
+def test_learned_scale_lives_in_log_space_and_old_checkpoints_load(variant, kwargs):
+    model = create_model(variant, "conv4", scale=10.0, **kwargs)
     assert [n for n, _ in model.named_parameters() if "scale" in n] == ["log_scale"]
     assert torch.allclose(model.scale, torch.tensor(10.0))
     old = {k: v for k, v in model.state_dict().items() if k != "log_scale"}
@@ -170,4 +171,4 @@ def test_matching_learns_its_scale_in_log_space_and_loads_old_checkpoints():
     model.load_state_dict(old)
     assert torch.allclose(model.scale, torch.tensor(12.5))
     with pytest.raises(ValueError, match="scale must be > 0"):
-        create_model("matching", "conv4", scale=0.0)
+        create_model(variant, "conv4", scale=0.0, **kwargs)
