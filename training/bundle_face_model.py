@@ -24,6 +24,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
+def drop_machine_paths(train: dict) -> None:
+    """A training config without the paths of the machine it ran on (face pack, teacher file)."""
+    pack = train.get("data_kwargs", {}).pop("pack", None)
+    train["data_root"] = None
+    if train.get("teacher") == "precomputed":  # name the teacher whose embeddings the pack carried
+        teacher_file = train.get("teacher_kwargs", {}).pop("file", None)
+        if teacher_file:
+            train["teacher"] = Path(teacher_file).stem.removeprefix("teacher-")
+    if pack:
+        train["trained_from_pack"] = Path(pack).name
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", help="a face run directory (model.safetensors, config.json, results.json)")
@@ -50,15 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copy(src / f, dst / f)
     pack = cfg["data"].pop("pack", None)
     cfg["data"]["data_root"] = None
-    train = cfg["train"]
-    train.get("data_kwargs", {}).pop("pack", None)
-    train["data_root"] = None
-    if train.get("teacher") == "precomputed":  # name the teacher whose embeddings the pack carried
-        teacher_file = train.get("teacher_kwargs", {}).pop("file", None)
-        if teacher_file:
-            train["teacher"] = Path(teacher_file).stem.removeprefix("teacher-")
-    if pack:
-        train["trained_from_pack"] = Path(pack).name
+    for train in [cfg["train"]] + [m["train"] for m in cfg.get("ensemble", {}).get("members", []) if m.get("train")]:
+        drop_machine_paths(train)
+    for m in cfg.get("ensemble", {}).get("members", []):
+        m["path"] = Path(m["path"]).name
     if a.flip_embed:
         cfg["model"].setdefault("model_kwargs", {})["flip_embed"] = True
     write_json(dst / "config.json", cfg)

@@ -1,10 +1,14 @@
 """Feature extractors, registered by name: conv4, resnet12, face_resnet, inception_resnet_v1 (and its
-pretrained aliases facenet-vggface2 / facenet-casia)."""
+pretrained aliases facenet-vggface2 / facenet-casia), and ensemble (several of them side by side)."""
 from __future__ import annotations
 
+import inspect
+import math
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
@@ -173,6 +177,48 @@ def facenet_vggface2(in_channels: int = 3, weights_path: str | None = None, free
 def facenet_casia(in_channels: int = 3, weights_path: str | None = None, freeze: bool = False) -> nn.Module:
     """InceptionResnetV1 with facenet-pytorch's CASIA-WebFace weights (downloaded, or ``weights_path``)."""
     return inception_resnet_v1(in_channels, "casia-webface", weights_path, freeze)
+
+
+class EnsembleBackbone(nn.Module):
+    """Several backbones over the same input. The embedding is their L2-normalised embeddings
+    side by side, scaled by ``1/sqrt(k)``: unit length, and the cosine of two such embeddings is
+    the mean of the members' cosines."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = [F.normalize(m(x).flatten(1).float(), dim=-1) for m in self.members]
+        return torch.cat(z, dim=-1) / math.sqrt(len(z))
+
+
+@BACKBONES.register("ensemble")
+def ensemble(members: list[dict[str, Any]], in_channels: int | None = None,
+             input_size: int | None = None) -> nn.Module:
+    """``members``: ``[{"backbone": name, "kwargs": {...}}, ...]``, each built like a backbone of its own
+    (``in_channels``/``input_size`` passed on where a member takes them and does not set them)."""
+    shape = None if in_channels is None or input_size is None else (in_channels, input_size, input_size)
+    built = []
+    for m in members:
+        if not isinstance(m, dict) or "backbone" not in m or m["backbone"] == "ensemble":
+            raise ValueError(f"ensemble members are {{'backbone': NAME, 'kwargs': {{...}}}} of other backbones, got {m!r}")
+        built.append(create_backbone(m["backbone"], **backbone_defaults(m["backbone"], shape, m.get("kwargs") or {})))
+    return EnsembleBackbone(built)
+
+
+def backbone_defaults(name: str, input_shape: tuple[int, int, int] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``in_channels`` and ``input_size`` from the input shape, where the backbone takes them and they are not given."""
+    params = inspect.signature(BACKBONES.get(name)).parameters
+    out = dict(kwargs)
+    if input_shape:
+        if "in_channels" in params:
+            out.setdefault("in_channels", int(input_shape[0]))
+        if "input_size" in params:
+            out.setdefault("input_size", int(input_shape[-1]))
+    return out
 
 
 def create_backbone(name: str, **kwargs) -> nn.Module:

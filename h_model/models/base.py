@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
-from .backbones import BACKBONES, create_backbone
+from .backbones import BACKBONES, backbone_defaults, create_backbone
 
 MODELS = Registry("model")
 
@@ -88,18 +88,6 @@ def embedding_dim(backbone: nn.Module, input_shape: tuple[int, int, int]) -> int
         d = backbone(torch.zeros(2, *input_shape, device=None if p is None else p.device)).shape[-1]
     backbone.train(was)
     return int(d)
-
-
-def backbone_defaults(name: str, input_shape: tuple[int, int, int] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``in_channels`` and ``input_size`` from the input shape, where the backbone takes them and they are not given."""
-    params = inspect.signature(BACKBONES.get(name)).parameters
-    out = dict(kwargs)
-    if input_shape:
-        if "in_channels" in params:
-            out.setdefault("in_channels", int(input_shape[0]))
-        if "input_size" in params:
-            out.setdefault("input_size", int(input_shape[-1]))
-    return out
 
 
 def create_model(name: str, backbone: str | nn.Module = "conv4", backbone_kwargs: dict[str, Any] | None = None,

@@ -14,6 +14,8 @@ BACKBONE_CASES = {  # name -> (kwargs, input shape): small but real configuratio
     "face_resnet": ({"channels": [8, 16, 16, 32], "blocks": [1, 1, 1, 1], "dim": 24}, (3, 48, 48)),
     "nas_cnn": ({"layers": [{"filters": 24, "kernel_h": 3, "kernel_w": 5, "stride_h": 2, "stride_w": 1},
                             {"filters": 36, "kernel_h": 1, "kernel_w": 3, "stride_h": 1, "stride_w": 2}]}, (1, 28, 28)),
+    "ensemble": ({"members": [{"backbone": "face_resnet", "kwargs": {"channels": [8, 16, 16, 32], "dim": 24}},
+                              {"backbone": "resnet12", "kwargs": {"channels": [8, 8, 16, 16]}}]}, (3, 48, 48)),
 }
 VARIANT_KWARGS = {"proto": {}, "matching": {"fce": True, "fce_steps": 2}, "siamese": {"hidden": 32}}
 
@@ -154,6 +156,27 @@ def test_flip_embed_is_mirror_invariant_at_test_time_only(variant, tmp_path):
     assert learner.model.flip_embed
     with torch.no_grad():
         assert torch.equal(learner.model.embed(x), z)
+
+
+def test_ensemble_embedding_is_the_members_normalised_embeddings_side_by_side():
+    from h_model.models.backbones import create_backbone
+
+    members = [{"backbone": "face_resnet", "kwargs": {"channels": [8, 16, 16, 32], "dim": 24}},
+               {"backbone": "face_resnet", "kwargs": {"channels": [8, 8, 8, 16], "dim": 8}}]
+    torch.manual_seed(0)
+    ens = create_backbone("ensemble", members=members, in_channels=3, input_size=48).eval()
+    x = torch.randn(4, 3, 48, 48)
+    with torch.no_grad():
+        z = ens(x)
+        parts = [torch.nn.functional.normalize(m(x), dim=-1) for m in ens.members]
+    assert z.shape == (4, 32)
+    assert torch.allclose(z.norm(dim=-1), torch.ones(4))
+    cos = z @ z.T  # the mean of the members' cosines
+    assert torch.allclose(cos, sum(p @ p.T for p in parts) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="ensemble members"):
+        create_backbone("ensemble", members=[{"backbone": "ensemble"}])
+    with pytest.raises(ValueError, match="at least one member"):
+        create_backbone("ensemble", members=[])
 
 
 def test_flip_embed_refuses_learners_that_adapt():

@@ -1,0 +1,85 @@
+"""h_model.ensemble: trained checkpoints side by side in one model and one checkpoint."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import h_model
+from h_model.checkpoint import save_checkpoint
+from h_model.ensemble import ensemble_checkpoints, ensemble_models
+from h_model.models import create_model
+from h_model.preprocess import Preprocess
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (3, 32, 32)
+
+
+def member(tmp_path, name, channels, seed, variant="proto", **kwargs):
+    torch.manual_seed(seed)
+    kw = {"distance": "cosine", "scale": 10.0 + seed} if variant == "proto" else {}
+    m = create_model(variant, "face_resnet", {"channels": channels, "dim": 16}, input_shape=SHAPE, **{**kw, **kwargs})
+    m.eval()
+    save_checkpoint(tmp_path / name, m, {"preprocess": Preprocess(size=SHAPE[1:], channels=3).to_dict(),
+                                          "face": {"threshold": 0.5, "far": 1e-3, "crop_size": 32, "margin": 0.2}})
+    return m
+
+
+def normed(z):
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_ensemble_checkpoint_embeds_like_its_members_and_loads_alone(tmp_path, half):
+    a = member(tmp_path, "a", [8, 8, 16, 16], 0)
+    b = member(tmp_path, "b", [8, 16, 16, 32], 1)
+    weights = ensemble_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "ab", half=half)
+    ens = h_model.load(tmp_path / "ab", device="cpu")
+    x = torch.randint(0, 256, (5, *SHAPE), dtype=torch.uint8)
+    za, zb = (h_model.load(tmp_path / n, device="cpu").embed(x) for n in "ab")
+    ref = np.concatenate([normed(za), normed(zb)], 1) / np.sqrt(2)
+    assert np.abs(ens.embed(x) - ref).max() < (2e-3 if half else 1e-5)
+    assert torch.allclose(ens.model.scale, torch.tensor(float(np.sqrt(10.0 * 11.0))), rtol=1e-3)  # mean of the logs
+    cfg = json.loads((tmp_path / "ab" / "config.json").read_text())
+    assert cfg["model"]["backbone"] == "ensemble" and len(cfg["ensemble"]["members"]) == 2
+    assert cfg["face"] == {"crop_size": 32, "margin": 0.2}  # a member's threshold does not carry over
+    assert cfg["ensemble"]["weights_dtype"] == ("float16" if half else "float32")
+    sizes = [(tmp_path / n / "model.safetensors").stat().st_size for n in "ab"]
+    assert weights.stat().st_size < (0.6 if half else 1.1) * sum(sizes)
+    with torch.no_grad():  # few-shot predictions run through the same head
+        sx, sy = torch.rand(1, 6, *SHAPE), torch.arange(3).repeat_interleave(2)[None]
+        assert ens.model(sx, sy, torch.rand(1, 4, *SHAPE)).shape == (1, 4, 3)
+    del a, b
+
+
+def test_ensemble_refuses_mismatched_members(tmp_path):
+    member(tmp_path, "a", [8, 8, 16, 16], 0)
+    member(tmp_path, "euclid", [8, 8, 16, 16], 1, distance="euclidean")
+    with pytest.raises(ValueError, match="ensembles need one head"):
+        ensemble_checkpoints([tmp_path / "a", tmp_path / "euclid"], tmp_path / "x")
+    torch.manual_seed(0)
+    m = create_model("proto", "face_resnet", {"channels": [8, 8, 16, 16], "dim": 16}, input_shape=(3, 48, 48),
+                     distance="cosine")
+    save_checkpoint(tmp_path / "big", m, {"preprocess": Preprocess(size=(48, 48), channels=3).to_dict()})
+    with pytest.raises(ValueError, match="another preprocess"):
+        ensemble_checkpoints([tmp_path / "a", tmp_path / "big"], tmp_path / "x")
+    siamese = [create_model("siamese", "conv4", {"in_channels": 1}, input_shape=(1, 28, 28), hidden=8) for _ in range(2)]
+    with pytest.raises(ValueError, match="not a scalar"):
+        ensemble_models(siamese)
+    with pytest.raises(ValueError, match="at least two"):
+        ensemble_models(siamese[:1])
+
+
+def test_ensemble_cli(tmp_path):
+    member(tmp_path, "a", [8, 8, 16, 16], 0)
+    member(tmp_path, "b", [8, 8, 16, 16], 1)
+    r = subprocess.run([sys.executable, str(REPO / "training" / "ensemble_models.py"), str(tmp_path / "a"),
+                        str(tmp_path / "b"), "--out", str(tmp_path / "ab"), "--half"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "an ensemble of 2 models" in r.stdout and (tmp_path / "ab" / "model.safetensors").is_file()
+    r = subprocess.run([sys.executable, str(REPO / "training" / "ensemble_models.py"), str(tmp_path / "a"),
+                        str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and "error:" in r.stderr
