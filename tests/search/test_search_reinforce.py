@@ -67,6 +67,26 @@ def test_logs_leaderboard_and_exact_resume(tmp_path):
     assert time_to_reach(resumed.rows, rewards[0]) is not None
 
 
+def test_leaderboard_ranks_a_design_by_its_mean_reward_over_repeats():
+    space = ChoiceSpace([("a", ["x", "y"])])
+    luck = iter([0.9, 0.2, 0.7, 0.1, 0.6, 0.5])
+
+    def noisy(design, seed):
+        return next(luck)
+
+    s = Reinforce(space, noisy, ReinforceConfig(budget=6, random=True, seed=0, progress=False))
+    s.run()
+    by = {}
+    for r in s.rows:
+        by.setdefault(r["actions"], []).append(float(r["reward"]))
+    assert len(by) == 2 and all(len(v) >= 2 for v in by.values())
+    board = s.leaderboard
+    assert [e["evaluations"] for e in board] == [len(by[json.dumps(e["actions"])]) for e in board]
+    means = {k: sum(v) / len(v) for k, v in by.items()}
+    assert [e["reward"] for e in board] == sorted((round(m, 6) for m in means.values()), reverse=True)
+    assert board[0]["best_single"] == max(by[json.dumps(board[0]["actions"])])
+
+
 def test_time_budget_stops_search():
     s = Reinforce(SPACE, toy_reward, ReinforceConfig(budget=None, time_limit_s=0.0, progress=False))
     assert s.run()["designs"] == 0
