@@ -55,6 +55,17 @@ def test_ensemble_checkpoint_embeds_like_its_members_and_loads_alone(tmp_path, h
     del a, b
 
 
+def test_mean_ensemble_keeps_the_members_dimension(tmp_path):
+    member(tmp_path, "a", [8, 8, 16, 16], 0)
+    member(tmp_path, "b", [8, 16, 16, 32], 1)
+    ensemble_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "ab", mode="mean")
+    ens = h_model.load(tmp_path / "ab", device="cpu")
+    x = torch.randint(0, 256, (5, *SHAPE), dtype=torch.uint8)
+    za, zb = (h_model.load(tmp_path / n, device="cpu").embed(x) for n in "ab")
+    assert np.abs(ens.embed(x) - (normed(za) + normed(zb)) / 2).max() < 1e-5
+    assert json.loads((tmp_path / "ab" / "config.json").read_text())["ensemble"]["mode"] == "mean"
+
+
 def test_ensemble_refuses_mismatched_members(tmp_path):
     member(tmp_path, "a", [8, 8, 16, 16], 0)
     member(tmp_path, "euclid", [8, 8, 16, 16], 1, distance="euclidean")
@@ -79,7 +90,7 @@ def test_ensemble_cli(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "training" / "ensemble_models.py"), str(tmp_path / "a"),
                         str(tmp_path / "b"), "--out", str(tmp_path / "ab"), "--half"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "an ensemble of 2 models" in r.stdout and (tmp_path / "ab" / "model.safetensors").is_file()
+    assert "an ensemble (concat) of 2 models" in r.stdout and (tmp_path / "ab" / "model.safetensors").is_file()
     r = subprocess.run([sys.executable, str(REPO / "training" / "ensemble_models.py"), str(tmp_path / "a"),
                         str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "error:" in r.stderr

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Put trained checkpoints side by side in one model (``h_model.ensemble``).
 
-    python training/ensemble_models.py RUN_A RUN_B [...] --out DIR [--half]
+    python training/ensemble_models.py RUN_A RUN_B [...] --out DIR [--mode concat|mean] [--half]
 
 The members must share the variant, head settings and preprocessing. The result is an ordinary
 checkpoint (``h_model.load(DIR)``, ``FaceVerifier.load(DIR)``); a face ensemble gets its
@@ -22,14 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="checkpoints (run directories or model.safetensors), two or more")
     ap.add_argument("--out", required=True, help="run directory to write")
+    ap.add_argument("--mode", choices=("concat", "mean"), default="concat",
+                    help="concat: members' normalised embeddings side by side (cosine = mean of the members' "
+                         "cosines); mean: their average, for members that embed into one space (default concat)")
     ap.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
     a = ap.parse_args(argv)
     try:
-        weights = ensemble_checkpoints(a.runs, a.out, a.half)
+        weights = ensemble_checkpoints(a.runs, a.out, a.half, a.mode)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MB), an ensemble of {len(a.runs)} models")
+    print(f"wrote {weights} ({weights.stat().st_size / 2**20:.1f} MB), an ensemble ({a.mode}) of {len(a.runs)} models")
     return 0
 
 

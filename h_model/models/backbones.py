@@ -180,33 +180,46 @@ def facenet_casia(in_channels: int = 3, weights_path: str | None = None, freeze:
 
 
 class EnsembleBackbone(nn.Module):
-    """Several backbones over the same input. The embedding is their L2-normalised embeddings
-    side by side, scaled by ``1/sqrt(k)``: unit length, and the cosine of two such embeddings is
-    the mean of the members' cosines."""
+    """Several backbones over the same input, each embedding L2-normalised, then combined:
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    - ``"concat"``: side by side, scaled by ``1/sqrt(k)``: unit length, and the cosine of two such
+      embeddings is the mean of the members' cosines (any member dimensions);
+    - ``"mean"``: their mean, for members that embed into one space (e.g. students distilled from
+      the same teacher): the embedding keeps the members' dimension.
+    """
+
+    MODES = ("concat", "mean")
+
+    def __init__(self, members: list[nn.Module], mode: str = "concat") -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
-        self.members = nn.ModuleList(members)
+        if mode not in self.MODES:
+            raise ValueError(f"ensemble mode must be one of {self.MODES}, got {mode!r}")
+        self.members, self.mode = nn.ModuleList(members), mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = [F.normalize(m(x).flatten(1).float(), dim=-1) for m in self.members]
-        return torch.cat(z, dim=-1) / math.sqrt(len(z))
+        if self.mode == "concat":
+            return torch.cat(z, dim=-1) / math.sqrt(len(z))
+        if len({t.shape[-1] for t in z}) > 1:
+            raise ValueError(f"mode 'mean' needs members of one embedding size, got {[t.shape[-1] for t in z]}")
+        return torch.stack(z).mean(0)
 
 
 @BACKBONES.register("ensemble")
-def ensemble(members: list[dict[str, Any]], in_channels: int | None = None,
+def ensemble(members: list[dict[str, Any]], mode: str = "concat", in_channels: int | None = None,
              input_size: int | None = None) -> nn.Module:
     """``members``: ``[{"backbone": name, "kwargs": {...}}, ...]``, each built like a backbone of its own
-    (``in_channels``/``input_size`` passed on where a member takes them and does not set them)."""
+    (``in_channels``/``input_size`` passed on where a member takes them and does not set them);
+    ``mode``: ``"concat"`` or ``"mean"`` (:class:`EnsembleBackbone`)."""
     shape = None if in_channels is None or input_size is None else (in_channels, input_size, input_size)
     built = []
     for m in members:
         if not isinstance(m, dict) or "backbone" not in m or m["backbone"] == "ensemble":
             raise ValueError(f"ensemble members are {{'backbone': NAME, 'kwargs': {{...}}}} of other backbones, got {m!r}")
         built.append(create_backbone(m["backbone"], **backbone_defaults(m["backbone"], shape, m.get("kwargs") or {})))
-    return EnsembleBackbone(built)
+    return EnsembleBackbone(built, mode)
 
 
 def backbone_defaults(name: str, input_shape: tuple[int, int, int] | None, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -173,6 +173,15 @@ def test_ensemble_embedding_is_the_members_normalised_embeddings_side_by_side():
     assert torch.allclose(z.norm(dim=-1), torch.ones(4))
     cos = z @ z.T  # the mean of the members' cosines
     assert torch.allclose(cos, sum(p @ p.T for p in parts) / 2, atol=1e-6)
+    mean = create_backbone("ensemble", members=members[:1] * 2, mode="mean", in_channels=3, input_size=48).eval()
+    mean.members[1].load_state_dict(ens.members[0].state_dict())
+    with torch.no_grad():
+        mean.members[0].load_state_dict(ens.members[0].state_dict())
+        assert torch.allclose(mean(x), parts[0], atol=1e-6)  # identical members: their own embedding
+        with pytest.raises(ValueError, match="one embedding size"):
+            create_backbone("ensemble", members=members, mode="mean", in_channels=3, input_size=48).eval()(x)
+    with pytest.raises(ValueError, match="mode must be"):
+        create_backbone("ensemble", members=members, mode="max")
     with pytest.raises(ValueError, match="ensemble members"):
         create_backbone("ensemble", members=[{"backbone": "ensemble"}])
     with pytest.raises(ValueError, match="at least one member"):
