@@ -56,6 +56,27 @@ class ImageSet:
         return ImageSet(self.images[keep], new[keep], [self.class_names[i] for i in class_ids.tolist()],
                         self.preprocess, src)
 
+    def save(self, path: str | Path) -> None:
+        """Write the set to one ``torch.save`` file atomically (read back with :meth:`load`)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save({"images": self.images, "labels": self.labels, "class_names": self.class_names,
+                        "preprocess": self.preprocess.to_dict(), "sources": self.sources}, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @staticmethod
+    def load(path: str | Path) -> "ImageSet":
+        """A set written by :meth:`save` (tensors and plain types only: ``weights_only`` loading)."""
+        d = torch.load(path, weights_only=True)
+        return ImageSet(d["images"], d["labels"], list(d["class_names"]),
+                        Preprocess.from_dict(d["preprocess"]), d.get("sources"))
+
     def with_rotations(self, degrees: Sequence[int]) -> "ImageSet":
         """Each (class, rotation) becomes a new class, as in the Omniglot few-shot protocol."""
         imgs, labels, names = [], [], []
@@ -122,19 +143,13 @@ def cached(key: str, build: Callable[[], ImageSet], cache_dir: Path | str | None
     path = Path(cache_dir) / f"{key}.pt"
     if path.exists():
         try:
-            d = torch.load(path, weights_only=True)
-            return ImageSet(d["images"], d["labels"], list(d["class_names"]),
-                            Preprocess.from_dict(d["preprocess"]), d.get("sources"))
+            return ImageSet.load(path)
         except Exception as e:  # a corrupt cache file is rebuilt, never fatal
             log.warning("ignoring unreadable cache %s (%s)", path, e)
     s = build()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        torch.save({"images": s.images, "labels": s.labels, "class_names": s.class_names,
-                    "preprocess": s.preprocess.to_dict(), "sources": s.sources}, tmp)
-        os.replace(tmp, path)
+        s.save(path)
     except OSError as e:
         log.warning("could not write cache %s (%s)", path, e)
     return s

@@ -81,9 +81,14 @@ def omniglot_splits(data_root: str | Path | None = None, image_size: int = 28, v
     prep = omniglot_preprocess(image_size)
     bg = load_omniglot_split(data_root, "background", prep, cache_dir, download)
     ev = load_omniglot_split(data_root, "evaluation", prep, cache_dir, download)
+    return (*split_background(bg, val_classes, seed, rotations), ev)
+
+
+def split_background(bg: ImageSet, val_classes: int = 64, seed: int = 0,
+                     rotations: tuple[int, ...] = ROTATIONS) -> tuple[ImageSet, ImageSet]:
+    """(train, validation) from the background characters: ``val_classes`` seeded characters
+    for validation, the rest for training, each rotation a class of its own."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(bg.num_classes, generator=g).tolist()
     val_ids, train_ids = sorted(perm[:val_classes]), sorted(perm[val_classes:])
-    train = bg.subset(train_ids).with_rotations(rotations)
-    val = bg.subset(val_ids).with_rotations(rotations)
-    return train, val, ev
+    return bg.subset(train_ids).with_rotations(rotations), bg.subset(val_ids).with_rotations(rotations)

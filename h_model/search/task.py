@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet
-from ..data.omniglot import omniglot_splits
+from ..data.omniglot import omniglot_splits, split_background
 from ..episodes import EpisodeSampler
 from ..evaluate import embed_all, evaluate
 from ..models import create_model
@@ -86,10 +86,20 @@ class FewShotTask:
 
 
 def omniglot_task(data_root: str | Path | None = None, cfg: ChildConfig | None = None, image_size: int = 28,
-                  val_classes: int | None = 60, seed: int = 0, device: str | torch.device = "cpu") -> FewShotTask:
+                  val_classes: int | None = 60, seed: int = 0, device: str | torch.device = "cpu",
+                  background: ImageSet | None = None) -> FewShotTask:
     """Omniglot's training split for the children, ``val_classes`` seeded validation classes
-    (all, when None) to score them: fewer classes make every reward cheaper to compute."""
-    train, val, _ = omniglot_splits(data_root, image_size=image_size, seed=seed)
+    (all, when None) to score them: fewer classes make every reward cheaper to compute.
+
+    ``background``: the decoded background characters (``ImageSet.load`` of a saved file) in
+    place of the data folder, for machines that have the images but not the dataset.
+    """
+    if background is None:
+        train, val, _ = omniglot_splits(data_root, image_size=image_size, seed=seed)
+    else:
+        if tuple(background.images.shape[-2:]) != (image_size, image_size):
+            raise ValueError(f"the background images are {tuple(background.images.shape[-2:])}, not {image_size}px")
+        train, val = split_background(background, seed=seed)
     if val_classes is not None and val_classes < val.num_classes:
         g = torch.Generator().manual_seed(seed)
         val = val.subset(sorted(torch.randperm(val.num_classes, generator=g)[:val_classes].tolist()))

@@ -1,6 +1,7 @@
 import socket
 
 import pytest
+import torch
 
 from h_model.data import DataNotFoundError, omniglot_splits
 from h_model.data.omniglot import find_omniglot
@@ -34,3 +35,20 @@ def test_real_omniglot_protocol(data_root):
     assert not (base(train) & base(val)), "validation characters leak into training"
     # strokes are bright on a dark background after inversion
     assert float(test.images.float().mean()) < 60
+
+
+def test_saved_background_gives_the_same_splits_and_task(data_root, tmp_path):
+    from h_model.data.imageset import ImageSet
+    from h_model.data.omniglot import load_omniglot_split, omniglot_preprocess, split_background
+    from h_model.search.task import omniglot_task
+    bg = load_omniglot_split(data_root, "background", omniglot_preprocess(28))
+    bg.save(tmp_path / "bg.pt")
+    loaded = ImageSet.load(tmp_path / "bg.pt")
+    assert torch.equal(loaded.images, bg.images) and loaded.class_names == bg.class_names
+    train, val, _ = omniglot_splits(data_root, image_size=28, val_classes=64, seed=3)
+    t2, v2 = split_background(loaded, 64, seed=3)
+    assert torch.equal(train.images, t2.images) and torch.equal(val.labels, v2.labels)
+    a, b = omniglot_task(data_root, seed=3), omniglot_task(seed=3, background=loaded)
+    assert a.val.class_names == b.val.class_names and torch.equal(a.train.images, b.train.images)
+    with pytest.raises(ValueError, match="not 32px"):
+        omniglot_task(image_size=32, background=loaded)
