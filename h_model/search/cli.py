@@ -4,8 +4,9 @@ Common flags: ``--budget N`` designs, ``--out DIR``, ``--seed``, ``--device``, `
 ``--random`` (uniformly random designs, the baseline) and ``--compare-random`` (the controller
 and the random baseline with the same budget, in ``DIR/controller`` and ``DIR/random``).
 ``DIR/results.json`` holds ``best`` (design, reward, how to rebuild it) and each run's summary;
-with ``--compare-random``, each search's top designs are re-scored with fresh seeds and the
-better re-scored mean decides whether the controller beat random search.
+with ``--compare-random`` (or ``--rescore``), each search's top designs are re-scored with fresh
+seeds, and the better re-scored mean decides whether the controller beat random search.
+``--common-seed`` trains every child of a search from one seed (common random numbers).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..checkpoint import write_json
+from ..data import ImageSet
 from ..learner import pick_device
 from .reinforce import ChoiceSpace, Evaluator, Reinforce, ReinforceConfig, safe_reward
 from .task import ChildConfig, FewShotTask, omniglot_task
@@ -42,13 +44,21 @@ def common_parser(description: str, budget: int, steps: int, out: str) -> argpar
     ap.add_argument("--random", action="store_true", help="uniformly random designs (the baseline), no controller")
     ap.add_argument("--compare-random", action="store_true",
                     help="run the controller and the random baseline with the same budget, and compare")
+    ap.add_argument("--rescore", action="store_true",
+                    help="re-score the top designs with fresh seeds (always done with --compare-random)")
     ap.add_argument("--rescore-top", type=positive_int, default=3,
-                    help="with --compare-random: re-score each search's top designs (default %(default)s) ...")
+                    help="re-score each search's top designs (default %(default)s) ...")
     ap.add_argument("--rescore-seeds", type=positive_int, default=3, help="... with this many fresh seeds each")
     ap.add_argument("--data-root", default=None, help="data folder (default: $H_DATA_ROOT)")
+    ap.add_argument("--background-file", default=None,
+                    help="Omniglot's decoded background characters saved by ImageSet.save, in place of the "
+                         "data folder (benchmarks/search_seeds.py --export-background writes one)")
     ap.add_argument("--steps", type=int, default=steps, help="training episodes per child (default %(default)s)")
     ap.add_argument("--val-classes", type=int, default=60, help="validation classes that score a child")
     ap.add_argument("--val-episodes", type=int, default=200, help="validation episodes that score a child")
+    ap.add_argument("--common-seed", action="store_true",
+                    help="train every child from the same seed, so designs differ by design and not by seed "
+                         "luck; each design is then trained once (a design already scored is drawn again)")
     ap.add_argument("--controller-lr", type=float, default=0.02)
     ap.add_argument("--entropy-weight", type=float, default=1e-3)
     ap.add_argument("--baseline-decay", type=float, default=0.8)
@@ -59,13 +69,16 @@ def common_parser(description: str, budget: int, steps: int, out: str) -> argpar
 def make_task(a: argparse.Namespace) -> FewShotTask:
     """The Omniglot child task the flags describe."""
     cfg = ChildConfig(steps=a.steps, val_episodes=a.val_episodes)
-    return omniglot_task(a.data_root, cfg, val_classes=a.val_classes, seed=a.seed, device=pick_device(a.device))
+    background = ImageSet.load(a.background_file) if a.background_file else None
+    return omniglot_task(a.data_root, cfg, val_classes=a.val_classes, seed=a.seed, device=pick_device(a.device),
+                         background=background)
 
 
 def reinforce_config(a: argparse.Namespace, out: Path, random: bool) -> ReinforceConfig:
     return ReinforceConfig(budget=a.budget, time_limit_s=60 * a.time_limit_min if a.time_limit_min else None,
                            lr=a.controller_lr, baseline_decay=a.baseline_decay, entropy_weight=a.entropy_weight,
-                           random=random, seed=a.seed, out=str(out), resume=a.resume, progress=not a.no_progress)
+                           random=random, common_seed=a.common_seed, seed=a.seed, out=str(out), resume=a.resume,
+                           progress=not a.no_progress)
 
 
 def run_search(space: ChoiceSpace, make_evaluator: Callable[[], Evaluator], a: argparse.Namespace,
@@ -85,10 +98,13 @@ def run_search(space: ChoiceSpace, make_evaluator: Callable[[], Evaluator], a: a
     results: dict[str, Any] = {
         "best": None if best is None else {**best, "mode": best_mode, "rebuild": rebuild(best["design"])},
         "runs": runs, "space_size": space.size(), "settings": vars(a), **(extra or {})}
+    if a.compare_random or a.rescore:
+        rescored = {m: rescore(runs[m]["leaderboard"], evaluators[m], a.rescore_top, a.rescore_seeds) for m in modes}
+        results["rescored_top"] = rescored
+        results["best_rescored_mean"] = {m: max(v["mean"] for v in rescored[m]) for m in modes}
     if a.compare_random:
         c, r = runs["controller"], runs["random"]
-        rescored = {m: rescore(runs[m]["leaderboard"], evaluators[m], a.rescore_top, a.rescore_seeds) for m in modes}
-        top = {m: max(v["mean"] for v in rescored[m]) for m in modes}
+        top = results["best_rescored_mean"]
         results["comparison"] = {
             "budget": a.budget,
             "best_reward": {"controller": c["best"]["reward"], "random": r["best"]["reward"]},
@@ -113,11 +129,16 @@ def rescore(leaderboard: list[dict[str, Any]], evaluator: Evaluator, top: int, s
 def print_summary(results: dict[str, Any]) -> None:
     for mode, r in results["runs"].items():
         b = r["best"]
-        print(f"{mode}: {r['designs']} designs in {r['elapsed_s']:.0f} s, best reward {b['reward']:.4f} "
+        repeats = r.get("samples", r["designs"]) - r["designs"]
+        extra = f" (+{repeats} repeats that reused a reward)" if repeats else ""
+        print(f"{mode}: {r['designs']} designs{extra} in {r['elapsed_s']:.0f} s, best reward {b['reward']:.4f} "
               f"(design #{b['index']}), mean {r['mean_reward']:.4f}, second half {r['mean_reward_second_half']:.4f}")
     if results.get("best"):
         print("best design:", results["best"]["design"])
     comp = results.get("comparison")
+    if not comp and results.get("best_rescored_mean"):
+        for mode, m in results["best_rescored_mean"].items():
+            print(f"{mode}: top designs re-scored with fresh seeds, best mean {m:.4f}")
     if comp:
         m = comp["best_rescored_mean"]
         print(f"top designs re-scored with fresh seeds: controller {m['controller']:.4f}, random {m['random']:.4f} "

@@ -8,6 +8,13 @@ reward over their evaluations: a design sampled twice is scored twice) are kept 
 ``leaderboard.json``, and ``state.pt`` (controller, optimiser, baseline, RNG states, the
 evaluator's own state when it has one) lets ``resume=True`` continue where a run stopped. All
 three are rewritten atomically after every design.
+
+``common_seed=True`` trains every child from the same seed (common random numbers: two designs
+differ in reward by what they are, not by their luck with the seed). A second training of a
+design would then tell nothing new, so a design already scored is drawn again (up to
+``REDRAWS`` times) and every budgeted sample trains a new design; only when the redraws keep
+hitting known designs is one reused, logged as ``cached``, without counting towards the budget
+(and at most ``MAX_SAMPLES_PER_DESIGN`` samples per design of budget are drawn in all).
 """
 from __future__ import annotations
 
@@ -28,7 +35,10 @@ from .controller import Controller
 
 log = logging.getLogger("h_model.search")
 LOWEST_REWARD = 0.0
-CSV_FIELDS = ["index", "mode", "reward", "seconds", "elapsed_s", "baseline", "log_prob", "error", "design", "actions"]
+CSV_FIELDS = ["index", "mode", "reward", "seconds", "elapsed_s", "baseline", "log_prob", "error", "cached",
+              "design", "actions"]
+MAX_SAMPLES_PER_DESIGN = 20
+REDRAWS = 100
 STATE, DESIGNS, LEADERBOARD = "state.pt", "designs.csv", "leaderboard.json"
 
 
@@ -68,6 +78,7 @@ class ReinforceConfig:
     hidden: int = 64
     tanh_c: float = 2.5
     random: bool = False               # uniformly random designs, no learning (the baseline)
+    common_seed: bool = False          # one child seed for every design; repeats reuse their reward
     seed: int = 0
     out: str | None = None             # folder for designs.csv, leaderboard.json, state.pt
     resume: bool = False
@@ -110,6 +121,7 @@ class Reinforce:
         self.baseline: float | None = None
         self.rows: list[dict[str, Any]] = []
         self.leaderboard: list[dict[str, Any]] = []
+        self.rewards: dict[str, tuple[float, str]] = {}  # actions -> (reward, error), with common_seed
         self.elapsed = 0.0
         self.out = Path(cfg.out) if cfg.out else None
         if cfg.resume and self.out and (self.out / STATE).exists():
@@ -124,6 +136,7 @@ class Reinforce:
         torch.set_rng_state(st["torch_rng"])
         self.baseline, self.rows, self.leaderboard = st["baseline"], st["rows"], st["leaderboard"]
         self.elapsed = float(st["elapsed"])
+        self.rewards = {r["actions"]: (float(r["reward"]), r["error"]) for r in self.rows if not r.get("cached")}
         if st.get("evaluator") is not None and hasattr(self.evaluator, "load_state_dict"):
             self.evaluator.load_state_dict(st["evaluator"])
         log.info("resumed %s after %d designs", self.out, len(self.rows))
@@ -171,7 +184,7 @@ class Reinforce:
         points between seeds, so the mean (not the luckiest run) estimates how good it is.
         """
         groups: dict[str, list[dict[str, Any]]] = {}
-        for r in self.rows:
+        for r in self.trained_rows():
             groups.setdefault(r["actions"], []).append(r)
         board = []
         for rows in groups.values():
@@ -182,18 +195,36 @@ class Reinforce:
         board.sort(key=lambda e: (-e["reward"], e["index"]))
         self.leaderboard = board[: self.cfg.top_k]
 
+    def trained_rows(self) -> list[dict[str, Any]]:
+        """The rows whose design was trained (not a repeat that reused a reward)."""
+        return [r for r in self.rows if not r.get("cached")]
+
     def done(self) -> bool:
         c = self.cfg
-        return ((c.budget is not None and len(self.rows) >= c.budget)
-                or (c.time_limit_s is not None and self.elapsed >= c.time_limit_s))
+        return ((c.budget is not None and (len(self.trained_rows()) >= c.budget
+                                           or len(self.rows) >= MAX_SAMPLES_PER_DESIGN * c.budget))
+                or (c.time_limit_s is not None and self.elapsed >= c.time_limit_s)
+                or (c.common_seed and len(self.rewards) >= self.space.size()))  # every design scored
 
     def step(self) -> dict[str, Any]:
         """Sample one design, score it, learn from it; returns its log row."""
         t0 = time.time()
         index = len(self.rows)
         actions, logp, ent = self._sample()
+        key = json.dumps(actions)
+        for _ in range(REDRAWS if self.cfg.common_seed else 0):
+            if key not in self.rewards:
+                break
+            actions, logp, ent = self._sample()
+            key = json.dumps(actions)
         design = self.space.decode(actions)
-        reward, error = safe_reward(self.evaluator, design, self.cfg.seed * 100_003 + index)
+        cached = self.cfg.common_seed and key in self.rewards
+        if cached:
+            reward, error = self.rewards[key]
+        else:
+            seed = self.cfg.seed * 100_003 + (0 if self.cfg.common_seed else index)
+            reward, error = safe_reward(self.evaluator, design, seed)
+            self.rewards[key] = (reward, error)
         if logp is not None:
             self._update(reward, logp, ent)
         seconds = time.time() - t0
@@ -202,7 +233,7 @@ class Reinforce:
                "seconds": round(seconds, 3), "elapsed_s": round(self.elapsed, 3),
                "baseline": "" if self.baseline is None else round(self.baseline, 6),
                "log_prob": "" if logp is None else round(float(logp.detach()), 5), "error": error,
-               "design": json.dumps(design), "actions": json.dumps(actions)}
+               "cached": int(cached), "design": json.dumps(design), "actions": key}
         self.rows.append(row)
         self._rank()
         self._save()
@@ -211,25 +242,26 @@ class Reinforce:
     def run(self) -> dict[str, Any]:
         """Search until the budget or the time limit; returns a summary with the best design."""
         total = self.cfg.budget
-        bar = tqdm(total=total, initial=len(self.rows), desc="search " + ("random" if self.cfg.random else "rl"),
+        bar = tqdm(total=total, initial=len(self.trained_rows()), desc="search " + ("random" if self.cfg.random else "rl"),
                    unit="design", disable=not self.cfg.progress, dynamic_ncols=True)
         try:
             while not self.done():
                 row = self.step()
-                bar.update(1)
+                bar.update(0 if row["cached"] else 1)
                 bar.set_postfix(reward=f"{row['reward']:.4f}", best=f"{self.leaderboard[0]['reward']:.4f}")
         finally:
             bar.close()
         return self.summary()
 
     def summary(self) -> dict[str, Any]:
-        rewards = [float(r["reward"]) for r in self.rows]
+        rewards = [float(r["reward"]) for r in self.rows]  # every sample: the policy's average
         half = rewards[len(rewards) // 2:]
         best = self.leaderboard[0] if self.leaderboard else None
-        return {"mode": "random" if self.cfg.random else "controller", "designs": len(self.rows),
+        return {"mode": "random" if self.cfg.random else "controller", "designs": len(self.trained_rows()),
+                "samples": len(self.rows),
                 "elapsed_s": round(self.elapsed, 2), "best": best,
                 "time_to_best_s": float(self.rows[best["index"]]["elapsed_s"]) if best else None,
                 "mean_reward": sum(rewards) / len(rewards) if rewards else None,
                 "mean_reward_second_half": sum(half) / len(half) if half else None,
-                "failed_designs": sum(1 for r in self.rows if r["error"]),
+                "failed_designs": sum(1 for r in self.trained_rows() if r["error"]),
                 "leaderboard": self.leaderboard, "config": asdict(self.cfg)}

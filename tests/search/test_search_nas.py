@@ -93,3 +93,18 @@ def test_task_trains_every_h_network_variant():
         assert 0.0 < acc <= 1.0, variant  # a real accuracy, not the failure reward 0
     with pytest.raises(ValueError, match="unknown H-network variant"):
         FewShotTask(data, data, ChildConfig(**cfg, variant="nope"))
+
+
+def test_single_search_rescored_with_common_seed(tmp_path, capsys):
+    from h_model.search.cli import common_parser, print_summary, run_search
+    from h_model.search.nas import NASEvaluator, NASSpace, rebuild_info
+    a = common_parser("t", budget=3, steps=1, out=str(tmp_path)).parse_args(
+        ["--rescore", "--rescore-top", "2", "--rescore-seeds", "2", "--common-seed", "--no-progress"])
+    res = run_search(NASSpace(2), lambda: NASEvaluator(tiny_task()), a, rebuild_info)
+    assert set(res["runs"]) == {"controller"} and "comparison" not in res
+    assert res["runs"]["controller"]["config"]["common_seed"] is True
+    top = res["rescored_top"]["controller"]
+    assert len(top) == 2 and all(len(e["rewards"]) == 2 for e in top)
+    assert res["best_rescored_mean"]["controller"] == max(e["mean"] for e in top)
+    print_summary(res)
+    assert "re-scored with fresh seeds, best mean" in capsys.readouterr().out

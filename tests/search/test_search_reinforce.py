@@ -101,3 +101,45 @@ def test_failures_and_nan_get_lowest_reward():
     s = Reinforce(SPACE, lambda d, s: float("inf"), ReinforceConfig(budget=3, progress=False))
     s.run()
     assert all(r["reward"] == LOWEST_REWARD and r["error"] for r in s.rows)
+
+
+def counting(reward_of):
+    """An evaluator that records every (design, seed) it was asked to train."""
+    calls = []
+
+    def ev(design, seed):
+        calls.append((json.dumps(design, sort_keys=True), seed))
+        return reward_of(design)
+    return ev, calls
+
+
+def test_common_seed_trains_each_design_once_from_one_seed():
+    space = ChoiceSpace([("a", [0, 1]), ("b", [0, 1])])  # 4 designs
+    ev, calls = counting(lambda d: 0.1 * d["a"] + 0.2 * d["b"])
+    s = Reinforce(space, ev, ReinforceConfig(budget=10, common_seed=True, seed=2, progress=False))
+    res = s.run()
+    assert len(calls) == 4 == len({c[0] for c in calls})  # the space is exhausted, nothing twice
+    assert {c[1] for c in calls} == {2 * 100_003}
+    assert res["designs"] == 4 and res["best"]["reward"] == 0.3 and res["best"]["evaluations"] == 1
+    ev2, calls2 = counting(lambda d: 0.0)
+    Reinforce(space, ev2, ReinforceConfig(budget=4, seed=2, random=True, progress=False)).run()
+    assert len({c[1] for c in calls2}) == 4  # without it, every child has a seed of its own
+
+
+def test_common_seed_reuses_a_reward_when_redraws_run_out(monkeypatch, tmp_path):
+    from h_model.search import reinforce
+    monkeypatch.setattr(reinforce, "REDRAWS", 0)
+    space = ChoiceSpace([("a", [0, 1, 2, 3, 4, 5])])
+    ev, calls = counting(lambda d: d["a"] / 10)
+    s = Reinforce(space, ev, ReinforceConfig(budget=4, common_seed=True, random=True, seed=6,
+                                             out=str(tmp_path), progress=False))  # seed 6 repeats a design
+    res = s.run()
+    cached = [r for r in s.rows if r["cached"]]
+    assert cached and len(calls) == 4 == res["designs"] and res["samples"] == len(s.rows) == 4 + len(cached)
+    assert all(float(r["reward"]) == int(json.loads(r["actions"])[0]) / 10 for r in cached)
+    board = {json.dumps(e["actions"]): e["evaluations"] for e in s.leaderboard}
+    assert set(board.values()) == {1}  # a reused reward is not a second evaluation
+    resumed = Reinforce(space, ev, ReinforceConfig(budget=6, common_seed=True, random=True, seed=6,
+                                                   out=str(tmp_path), resume=True, progress=False))
+    resumed.run()
+    assert len(calls) == len({c[0] for c in calls}) == 6  # known designs stay known after a resume
