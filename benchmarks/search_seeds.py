@@ -11,7 +11,9 @@ re-scored with fresh seeds), ``--parallel`` jobs at a time (one CPU thread each)
 running at ``--deadline-min`` are stopped and left out. For every variant whose name starts with
 ``controller`` and its partner (the same name with ``random``), per search: on how many seeds
 the controller's best re-scored design beats random search's, and the mean difference.
-Writes ``--out/study.json`` (every job's summary and reward sequence) and prints a table.
+Writes ``--out/study.json`` (every job's summary and reward sequence), ``--out/study.png`` (best
+reward so far against designs trained, mean over seeds) and prints a table. ``--replot`` redraws
+the PNG of an earlier study.json.
 """
 from __future__ import annotations
 
@@ -49,7 +51,7 @@ def job_summary(run_dir: Path) -> dict[str, Any] | None:
         rows = list(csv.DictReader(f))
     if not (run_dir / "results.json").exists():
         return {"partial": True, "designs": len(rows), "elapsed_s": float(rows[-1]["elapsed_s"]) if rows else 0.0,
-                "rewards": [float(r["reward"]) for r in rows]}
+                "rewards": [float(r["reward"]) for r in rows], "cached": [int(r.get("cached") or 0) for r in rows]}
     res = json.loads((run_dir / "results.json").read_text())
     mode = next(iter(res["runs"]))
     run = res["runs"][mode]
@@ -83,6 +85,38 @@ def compare(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def plot(jobs: list[dict[str, Any]], png: Path) -> None:
+    """Best reward so far against designs trained, mean over seeds: one panel per search."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    curves: dict[str, dict[str, list[list[float]]]] = {}
+    for j in jobs:
+        summ = j.get("summary") or {}
+        cached = summ.get("cached") or [0] * len(summ.get("rewards", []))
+        rewards = [r for r, c in zip(summ.get("rewards", []), cached) if not c]
+        if rewards:
+            best, so_far = [], 0.0
+            for r in rewards:
+                so_far = max(so_far, r)
+                best.append(so_far)
+            curves.setdefault(j["search"], {}).setdefault(j["variant"], []).append(best)
+    if not curves:
+        return
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 4), squeeze=False)
+    for ax, (search, by_variant) in zip(axes[0], sorted(curves.items())):
+        for variant, runs in sorted(by_variant.items()):
+            n = min(len(c) for c in runs)
+            mean = [statistics.mean(c[i] for c in runs) for i in range(n)]
+            ax.plot(range(1, n + 1), mean, label=f"{variant} ({len(runs)} seeds)")
+        ax.set(title=search, xlabel="designs trained", ylabel="best search reward so far (mean over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--export-background", metavar="FILE", help="save Omniglot's background characters and exit")
@@ -96,7 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--deadline-min", type=float, default=60.0)
     ap.add_argument("--out", default="runs/search_seeds")
+    ap.add_argument("--replot", metavar="STUDY_JSON", help="redraw the PNG of an earlier study and exit")
     a = ap.parse_args(argv)
+    if a.replot:
+        png = Path(a.replot).with_suffix(".png")
+        plot(json.loads(Path(a.replot).read_text())["jobs"], png)
+        print(f"wrote {png}")
+        return 0
     if a.export_background:
         export_background(a.export_background, a.data_root)
         return 0
@@ -145,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"args": vars(a), "variants": variants, "wall_s": round(time.time() - t0, 1), "comparison": table,
               "jobs": jobs}
     (out / "study.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(jobs, out / "study.png")
     print(f"\n{'search':10s} {'controller':18s} {'vs':14s} seeds wins  mean ctrl  mean rand  diff")
     for r in table:
         print(f"{r['search']:10s} {r['controller']:18s} {r['random']:14s} {r['seeds']:5d} {r['controller_wins']:4d}"
