@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Swish against ReLU, LeakyReLU, PReLU, Softplus, ELU, SELU and GELU, the Swish paper's table (issue #4).
+"""Swish against ReLU, LeakyReLU, PReLU, Softplus, ELU, SELU and GELU, the Swish paper's table.
 
     python benchmarks/bench_activations.py                        # 3 tasks x 9 activations x 3 seeds
     python benchmarks/bench_activations.py --tasks omniglot-proto --seeds 1 --steps 50   # a quick look

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""PowerSign and AddSign against SGD with momentum and Adam on a Prototypical H-network (issue #4).
+"""PowerSign and AddSign against SGD with momentum and Adam on a Prototypical H-network.
 
     python benchmarks/bench_optimizers.py                  # 6 optimizers, lr tuned, then 3 seeds
     python benchmarks/bench_optimizers.py --steps 100 --seeds 1 --optimizers Adam PowerSign   # quick look

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Activation-function search (Ramachandran et al. 2017) on Omniglot few-shot episodes (issue #4).
+"""Activation-function search (Ramachandran et al. 2017) on Omniglot few-shot episodes.
 
     python training/search_activation.py                   # one core unit: b(u1(x), u2(x))
     python training/search_activation.py --units 2         # two core units

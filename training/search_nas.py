@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Neural architecture search for the Prototypical network's backbone on Omniglot (issue #4).
+"""Neural architecture search for the Prototypical network's backbone on Omniglot.
 
     python training/search_nas.py                          # controller, ENAS weight sharing
     python training/search_nas.py --no-share               # every child trains from scratch

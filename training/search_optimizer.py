@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Neural optimizer search (Bello et al. 2017) and the crescent (Rosenbrock) experiment (issue #4).
+"""Neural optimizer search (Bello et al. 2017) and the crescent (Rosenbrock) experiment.
 
     python training/search_optimizer.py                    # controller search of update rules
     python training/search_optimizer.py --compare-random   # controller vs uniformly random rules

@@ -1,4 +1,4 @@
-"""Reinforcement-learned design search (issue #4): an LSTM controller trained by REINFORCE.
+"""Reinforcement-learned design search: an LSTM controller trained by REINFORCE.
 
 Modules: ``controller`` (the autoregressive controller), ``reinforce`` (the search loop),
 ``task`` (the few-shot child task that scores designs), ``nas`` (CNN architecture search,
