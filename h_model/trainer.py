@@ -217,9 +217,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                   "train": dataclasses.asdict(cfg)}
     sampler = EpisodeSampler(train_set, cfg.train_way, cfg.train_shot, cfg.train_query,
                              cfg.episodes_per_batch, seed=cfg.seed * 1000 + rank)
-    for s in [f"{cfg.test_way}w{cfg.test_shot}s"] + cfg.eval_settings:  # fail before training, not after
-        w, k = parse_setting(s)
-        EpisodeSampler(test_set if s in cfg.eval_settings else val_set, w, k, cfg.eval_query if s in cfg.eval_settings else cfg.test_query)
+    # fail before training, not after: validation episodes must fit the validation classes, test ones the test classes
+    EpisodeSampler(val_set, cfg.test_way, cfg.test_shot, cfg.test_query)
+    for s in cfg.eval_settings:
+        EpisodeSampler(test_set, *parse_setting(s), cfg.eval_query)
 
     augment = Augment.from_config(cfg.augment)
     aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + rank)

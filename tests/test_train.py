@@ -106,6 +106,12 @@ def test_clear_errors_before_training(data_root, tmp_path):
     r = run(TRAIN + ["--train-way", "5000", "--out", str(tmp_path / "x")], data_root)
     assert r.returncode == 2 and "5000-way episodes need 5000 classes" in r.stderr
     assert "Traceback" not in r.stderr
+    # a validation way the 256 validation classes cannot fill fails early, even when the test set could fill it
+    cfg = tmp_path / "val_way.yaml"
+    cfg.write_text("test_way: 300\neval_settings: [300w1s]\n")
+    r = run(TRAIN + ["--config", str(cfg), "--out", str(tmp_path / "v")], data_root)
+    assert r.returncode == 2 and "300-way episodes need 300 classes" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "v").exists()  # refused before the run wrote anything
     r = run(TRAIN + ["--data-root", str(tmp_path / "nothing"), "--out", str(tmp_path / "y")], data_root)
     assert r.returncode == 2 and "Looked in" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "bad.yaml"
