@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import torch
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 _keeping = False  # whether keep_freed_memory() is in force
@@ -77,8 +80,32 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     Only then does bf16 autocast on the CPU pay off (measured: a Conv-4 Prototypical 60-way
     1-shot step 0.21 -> 0.15 s with AMX); elsewhere oneDNN emulates bf16 and is slower.
     """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if cap and cap != "ALL" and "BF16" not in cap and "AMX" not in cap:
+        return False  # oneDNN told to use an ISA without bf16 (e.g. AVX2: how an AVX2-only CPU runs)
     try:
         flags = Path(cpuinfo).read_text().split()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU a figure was measured on: model name, SIMD flags, cores, and any oneDNN / ATen ISA cap."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path(cpuinfo).read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"model": model, "flags": [f for f in SIMD_FLAGS if f in flags], "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+            "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}

@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -199,8 +199,17 @@ class Stop(Exception):
     """Raised from the SIGTERM handler so a killed run saves its state first."""
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run training, validation, checkpointing and the final test evaluation; returns results."""
+Monitor = Callable[[FewShotModel, int, float], None]
+
+
+def train(cfg: TrainConfig, monitor: Monitor | None = None) -> dict[str, Any]:
+    """Run training, validation, checkpointing and the final test evaluation; returns results.
+
+    The clock (``time_limit_min``, the time-based learning-rate schedule, ``train.time_s``) counts
+    training steps only: time spent validating is not training time. ``monitor(model, episode,
+    train_s)``, when given, is called after every optimiser step on the main process (benchmarks use
+    it for their own timed validation); its time is not counted either.
+    """
     cfg.validate()
     rank, world, device = init_distributed(cfg.device)
     main = rank == 0
@@ -287,6 +296,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     t0 = time.time() - elapsed
     acc_loss = acc_acc = acc_distill = 0.0
     n_acc = 0
+    validation_s = 0.0
     model.train()
     try:
         while episode < cfg.episodes:
@@ -327,17 +337,24 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 acc_loss = acc_acc = acc_distill = 0.0
                 n_acc = 0
                 if validating:
+                    v0 = time.time()
                     va, vci = validate()
                     row.update(val_acc=round(va, 5), val_ci95=round(vci, 5))
                     if va > best_val:
                         best_val = va
                         save_checkpoint(out, model, {**run_config, "val_accuracy": va, "episode": episode})
+                    validation_s += time.time() - v0
+                    t0 += time.time() - v0  # validation is not training time
                 rows.append(row)
                 if tb is not None:
                     for k in ("loss", "train_acc", "val_acc", "lr"):
                         if row[k] != "":
                             tb.add_scalar(k, float(row[k]), episode)
                 bar.set_postfix(loss=row["loss"], acc=row["train_acc"], val=f"{best_val:.4f}" if best_val >= 0 else "-")
+            if monitor is not None and main:
+                m0 = time.time()
+                monitor(model, episode, m0 - t0)
+                t0 += time.time() - m0
             if validating and world > 1:
                 dist.barrier()
             if episode % cfg.checkpoint_every < cfg.episodes_per_batch:
