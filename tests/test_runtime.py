@@ -53,3 +53,15 @@ def test_cpu_has_native_bf16_reads_the_cpu_flags(tmp_path):
     f.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16 amx_tile\n")
     assert runtime.cpu_has_native_bf16(f) is True
     assert runtime.cpu_has_native_bf16(tmp_path / "missing") is False
+
+
+def test_onednn_isa_cap_turns_native_bf16_off(tmp_path, monkeypatch):
+    f = tmp_path / "cpuinfo"
+    f.write_text("processor : 0\nmodel name : Test CPU 9000\nflags : fpu avx2 fma avx512f avx512_bf16 amx_bf16\n")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert runtime.cpu_has_native_bf16(f) is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert runtime.cpu_has_native_bf16(f) is True
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    d = runtime.cpu_description(f)
+    assert d["model"] == "Test CPU 9000" and d["flags"] == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]
