@@ -19,15 +19,6 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, face_model: Path, celeba: list[Path]):
-    work = tmp_path_factory.mktemp("app_client")
-    app = AppServer(work / "gallery", face_model, work).start()
-    print(f"\napp cold start (process start to first page): {app.start_s:.1f} s")
-    yield app
-    app.stop()
-
-
-@pytest.fixture(scope="module")
 def client(server: AppServer) -> Client:
     return Client(server.url, verbose=False, analytics_enabled=False, httpx_kwargs={"timeout": 300})
 
@@ -36,10 +27,19 @@ def files(paths: list[Path]) -> list:
     return [handle_file(str(p)) for p in paths]
 
 
+def strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
 def test_model_info(client: Client, face_model: Path) -> None:
     info = client.predict(api_name="/model_info")
-    assert info["model"] == str(face_model) and info["model_id"].startswith("sha256:")
-    assert info["backbone"] and "crop_size" in info["crop"] and info["gallery"]["people"] == 0
+    assert info["model"] == face_model.name and info["model_id"].startswith("sha256:")
+    assert info["backbone"] and "crop_size" in info["crop"] and info["gallery"] == {"name": "gallery", "people": 0}
+    assert not [s for s in strings(info) if "/" in s]  # names, never server paths
 
 
 def test_enroll_identify_verify_edit(client: Client, celeba: list[Path]) -> None:
@@ -53,8 +53,9 @@ def test_enroll_identify_verify_edit(client: Client, celeba: list[Path]) -> None
     assert {(p["name"], p["photos"]) for p in people} == {("Ada", 2), ("Bob", 2)}
 
     boxed, summary, matches, result = client.predict(handle_file(str(bob[1])), 2, api_name="/identify")
-    face = result["faces"][0]
-    assert face["name"] == "Bob" and not face["unknown"] and face["score"] > 0.99 and "**Bob**" in summary
+    face = result["faces"][0]  # an enrolled photo: its person, scoring exactly 1.0, matches sorted by score
+    assert face["name"] == "Bob" and not face["unknown"] and face["score"] == 1.0 and "**Bob**" in summary
+    assert [m["name"] for m in face["matches"]] == ["Bob", "Ada"] and face["matches"][1]["score"] < 1.0
     assert Image.open(boxed).size == Image.open(bob[1]).size and len(matches) == 2
 
     verdict, pair, r = client.predict(handle_file(str(ada[0])), handle_file(str(ada[0])), api_name="/verify")
@@ -154,7 +155,8 @@ def test_concurrent_enrollments_stay_apart(client: Client, celeba: list[Path]) -
     assert {n: listed.get(n) for n in people} == {n: 2 for n in people}
     for name, ps in people.items():  # an enrolled photo finds its own stored embedding, under its own name
         matches = client.predict(handle_file(str(ps[1])), 4, api_name="/identify")[3]["faces"][0]["matches"]
-        assert {m["name"]: m["score"] for m in matches}[name] > 0.999
+        assert matches[0] == {"name": name, "person_id": matches[0]["person_id"], "score": 1.0}
+        assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
     for name in people:
         client.predict(name, api_name="/delete")
 
@@ -167,7 +169,9 @@ def test_bulk_zip_and_load(client: Client, celeba: list[Path], tmp_path: Path) -
         for name, photo in chosen.items():
             z.write(photo, f"people/{name}/{photo.name}")
     status, summary = client.predict(handle_file(str(archive)), api_name="/enroll_zip")
-    assert summary["persons"] >= 95 and "Enrolled" in status  # a photo whose face MTCNN misses is skipped
+    assert summary["persons"] >= 90 and "Enrolled" in status
+    assert summary["persons"] + len(summary["skipped"]) == len(chosen)  # a person skipped is said why:
+    assert all(" no face found." in s or " faces found; " in s for s in summary["skipped"])  # no face, or several
     enrolled = sorted({p["name"] for p in client.predict(api_name="/list_people")[2]} & set(chosen))
     assert len(enrolled) == summary["persons"]
 
@@ -204,6 +208,6 @@ def test_json_api_beside_the_page(client: Client, server: AppServer, celeba: lis
         assert "Quinn" in [p["name"] for p in client.predict(api_name="/list_people")[2]]
         r = api.post("/identify", content=ps[0].read_bytes())  # the enrolled photo finds its own embedding
         assert r.status_code == 200 and r.json()["faces"][0]["name"] == "Quinn", r.text
-        assert r.json()["faces"][0]["score"] > 0.999
+        assert r.json()["faces"][0]["score"] == 1.0
         assert api.post("/identify", content=b"junk").status_code == 400
         assert api.delete("/people", params={"name": "Quinn"}).json() == {"deleted": "Quinn"}
