@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app.app_helpers import REPO, AppServer, photos
+from tests.app.app_helpers import REPO, AppServer, one_face_photos, photos
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -147,7 +147,7 @@ def test_fewshot(client: Client, tmp_path: Path) -> None:
 
 
 def test_concurrent_enrollments_stay_apart(client: Client, celeba: list[Path]) -> None:
-    people = {f"person {i}": photos(celeba[-4 - i], 2) for i in range(4)}
+    people = {f"person {i}": one_face_photos(client, celeba[-4 - i], 2) for i in range(4)}
     jobs = {name: client.submit(name, files(ps), api_name="/enroll") for name, ps in people.items()}
     for name, job in jobs.items():
         assert job.result(timeout=300)[2]["added"] == 2
@@ -201,7 +201,7 @@ def test_bulk_zip_and_load(client: Client, celeba: list[Path], tmp_path: Path) -
 
 def test_json_api_beside_the_page(client: Client, server: AppServer, celeba: list[Path]) -> None:
     """The JSON routes are served by the same process, on the same gallery, before Gradio's catch-all mount."""
-    ps = photos(celeba[-5], 1)
+    ps = one_face_photos(client, celeba[-8], 1)
     with httpx.Client(base_url=f"{server.url}api/v1", timeout=300) as api:
         r = api.post("/people", params={"name": "Quinn"}, files={"photos": (ps[0].name, ps[0].read_bytes())})
         assert r.status_code == 200 and r.json()["added"] == 1, r.text

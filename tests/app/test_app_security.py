@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.app.app_helpers import AppServer, photos
+from tests.app.app_helpers import AppServer, one_face_photos, photos
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -142,7 +142,7 @@ def client(server: AppServer) -> Client:
 
 
 def test_html_in_a_name_is_escaped_in_every_output(client: Client, server: AppServer, celeba: list[Path]) -> None:
-    ps = photos(celeba[-10], 2)
+    ps = one_face_photos(client, celeba[-10], 2)
     crops, status, result = client.predict(HTML_NAME, [handle_file(str(ps[0]))], api_name="/enroll")
     assert result["name"] == HTML_NAME  # the data is the name itself ...
     assert status == f"Enrolled **{MARKDOWN}**: 1 new photo(s)."
@@ -171,7 +171,7 @@ def test_html_in_a_name_is_escaped_in_every_output(client: Client, server: AppSe
 
 def test_one_photo_one_person_and_one_face_per_photo(client: Client, server: AppServer, celeba: list[Path],
                                                      tmp_path: Path) -> None:
-    ada, bob = photos(celeba[-11], 2), photos(celeba[-12], 1)
+    ada, bob = one_face_photos(client, celeba[-11], 1), one_face_photos(client, celeba[-12], 1)
     client.predict("Ada", [handle_file(str(ada[0]))], api_name="/enroll")
     with pytest.raises(AppError, match=f"Nothing enrolled for Bob: {ada[0].name}: this photo is already "
                                        "enrolled as 'Ada'"):
@@ -198,14 +198,15 @@ def test_one_photo_one_person_and_one_face_per_photo(client: Client, server: App
         client.predict(name, api_name="/delete")
 
 
-def test_logins_are_limited_and_sigterm_saves_the_index(tmp_path: Path, face_model: Path, celeba: list[Path]) -> None:
+def test_logins_are_limited_and_sigterm_saves_the_index(tmp_path: Path, face_model: Path, celeba: list[Path],
+                                                         client: Client) -> None:
     """Failed logins per client (page and API share the count); SIGTERM saves the index and closes the store,
     and the next start adopts that index without rebuilding it."""
     gallery = tmp_path / "gallery"
     app = AppServer(gallery, face_model, tmp_path, auth="ada:se:cret")
     app.cmd += ["--login-attempts", "3"]
     app.start()
-    photo = photos(celeba[-13], 1)[0]
+    photo = one_face_photos(client, celeba[-13], 1)[0]
     try:
         with httpx.Client(base_url=app.url, timeout=300) as c:
             r = c.post("api/v1/people", params={"name": "Zoe"}, files={"photos": (photo.name, photo.read_bytes())},
