@@ -2,6 +2,7 @@
 route, names that are HTML, one photo under two names, a photo of two people, login guessing, SIGTERM."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -113,6 +114,9 @@ def test_server_paths_are_refused_unread_on_every_route(server: AppServer, tmp_p
                           c.post("/queue/join", json={"data": data, "fn_index": fn_index[api_name],
                                                       "session_hash": "attacker", "event_data": None})):
                     assert r.status_code == 400 and why in r.json()["error"], (path, api_name, r.text)
+            body = json.dumps({"data": payloads(ref(path))["verify"]})  # the same as a form: never parsed as data
+            for r in (c.post("/call/verify", data={"data": body}), c.post("/call/verify", files={"data": body})):
+                assert r.status_code == 422, (path, r.text)
         r = c.post("/call/identify", json={"data": ["/etc/passwd", 3]})  # a bare string is no file: Gradio refuses it
         events = c.get(f"/call/identify/{r.json()['event_id']}").text
         assert "event: error" in events and "root:" not in events
