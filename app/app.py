@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Serving the face gallery demo on http://{a.host}:{a.port}/", flush=True)
     # uvicorn stops on SIGTERM/SIGINT, then raises the signal again: SIGINT's default handler raises
     # KeyboardInterrupt, SIGTERM's would kill the process; this one exits, so `finally` closes the gallery.
-    signal.signal(signal.SIGTERM, stop)
     try:
+        signal.signal(signal.SIGTERM, stop)
         uvicorn.Server(uvicorn.Config(server, host=a.host, port=a.port, log_level="warning")).run()
     except KeyboardInterrupt:
         pass
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stop(signum: int, frame: object) -> None:
-    """SIGTERM outside uvicorn's own handling (while starting, or re-raised after serving): exit cleanly."""
+    """SIGTERM outside uvicorn's own handling (before it serves, or re-raised after): exit through `finally`."""
     raise SystemExit(0)
 
 

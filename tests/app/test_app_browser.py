@@ -53,6 +53,13 @@ def wait_text(page, selector: str, text: str) -> str:
     return page.inner_text(selector)
 
 
+def cleared(page) -> None:
+    """Wait until the page has emptied the name and photos after an enrollment (sending the next person's
+    photos before that could send the last person's again)."""
+    page.wait_for_function("document.querySelector('#enroll-name textarea').value === '' && "
+                           "!document.querySelector('#enroll-photos').innerText.includes('.jpg')")
+
+
 def test_enroll_identify_verify_in_browser(page_url: str, shots: Path, celeba: list[Path]) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -81,6 +88,7 @@ def test_enroll_identify_verify_in_browser(page_url: str, shots: Path, celeba: l
                 page.screenshot(path=str(shots / f"1-{name}-crops.png"), full_page=True)
                 page.click("#enroll-btn")
                 wait_text(page, "#enroll-status", f"Enrolled {name}: 2 new photo(s)")
+                cleared(page)
             people = wait_text(page, "#people", "Bob (2 photos)")
             assert "Ada (2 photos)" in people and page.locator("#people img").count() == 2
             page.screenshot(path=str(shots / "2-gallery.png"), full_page=True)
@@ -91,6 +99,7 @@ def test_enroll_identify_verify_in_browser(page_url: str, shots: Path, celeba: l
             page.locator("#enroll-photos").filter(has_text=eve.stem).wait_for()
             page.click("#enroll-btn")
             assert f"Enrolled {HTML_NAME}: 1 new photo(s)" in wait_text(page, "#enroll-status", "Enrolled <img")
+            cleared(page)
             assert f"{HTML_NAME} (1 photos)" in wait_text(page, "#people", "(1 photos)")
             assert page.locator("img[src=x], #enroll-status img, #enroll-status a").count() == 0
             page.fill("#person input", HTML_NAME)
