@@ -14,8 +14,10 @@
 One request is one round trip: the photo goes in the body and the answer is the same JSON the
 page shows, computed by the same :class:`~app.face_demo.FaceDemo` methods. Bad input answers 400
 with ``{"error": message}``, a photo over the upload limit 413, and, when the app has a login
-(``H_APP_AUTH``), a request without its HTTP Basic credentials 401. At most ``concurrency``
-requests are worked on at once; the rest wait their turn. An unknown name to delete answers 404.
+(``H_APP_AUTH``), a request without its HTTP Basic credentials 401, and a client with too many
+failed logins 429 (one :class:`~app.guard.LoginLimiter` for the page's login and the API). At most
+``concurrency`` requests are worked on at once; the rest wait their turn. An unknown name to delete
+answers 404. Error messages are HTML-escaped text (a name in one can be shown as is).
 """
 from __future__ import annotations
 
@@ -31,13 +33,14 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .face_demo import MAX_PHOTOS, FaceDemo
-from .uploads import MAX_UPLOAD_MB, InputError, decode_image
+from .guard import LoginLimiter
+from .uploads import MAX_UPLOAD_MB, InputError, decode_image, escape_text
 
 PREFIX = "/api/v1"
 
 
 def error(status: int, message: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
+    return JSONResponse({"error": escape_text(message)}, status_code=status, headers=headers or None)
 
 
 def basic_auth_ok(header: str | None, auth: tuple[str, str]) -> bool:
@@ -54,15 +57,28 @@ def basic_auth_ok(header: str | None, auth: tuple[str, str]) -> bool:
     return bool(sep) and same_user and same_password
 
 
-def add_api(server: FastAPI, faces: FaceDemo, auth: tuple[str, str] | None = None, concurrency: int = 2) -> None:
-    """Register the JSON routes on ``server`` (before Gradio is mounted at ``/``)."""
+def add_api(server: FastAPI, faces: FaceDemo, auth: tuple[str, str] | None = None, concurrency: int = 2,
+            limiter: LoginLimiter | None = None) -> None:
+    """Register the JSON routes on ``server`` (before Gradio is mounted at ``/``); ``limiter``: failed
+    logins per client (default: a limiter of its own)."""
     limit = MAX_UPLOAD_MB * 1024 * 1024
     too_large = f"photo too large (the limit is {MAX_UPLOAD_MB} MB)"
     slots = asyncio.Semaphore(max(1, concurrency))
+    limiter = limiter or LoginLimiter()
 
     def denied(request: Request) -> JSONResponse | None:
-        if auth and not basic_auth_ok(request.headers.get("authorization"), auth):
+        if not auth:
+            return None
+        client = request.client.host if request.client else "unknown"
+        wait = limiter.wait_s(client)
+        if wait > 0:
+            body, headers = limiter.refusal(wait)
+            return error(429, body["error"], **headers)
+        if not basic_auth_ok(request.headers.get("authorization"), auth):
+            if request.headers.get("authorization"):  # a wrong password, not a first request without one
+                limiter.failed(client)
             return error(401, "log in: this app needs HTTP Basic credentials", **{"WWW-Authenticate": "Basic"})
+        limiter.succeeded(client)
         return None
 
     async def run(work: Callable[[], Any]) -> JSONResponse:

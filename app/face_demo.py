@@ -1,9 +1,11 @@
 """The face side of the demo, free of any UI: enroll, list, rename, delete, identify, verify.
 
 Everything goes through :mod:`h_model.faces`: the verifier's detector finds and aligns faces, its
-model embeds them, the :class:`~h_model.faces.Gallery` stores and searches them (its H-network
-head ranks the candidates). The demo adds one thing the gallery does not keep: a thumbnail per
-person, ``<gallery>/thumbs/<person id>.jpg``, named by the gallery's integer id (never by a name).
+model embeds them, the :class:`~h_model.faces.Gallery` stores and searches them (each person scored
+by the best cosine to any of their photos). The demo adds one thing the gallery does not keep: a
+thumbnail per person, ``<gallery>/thumbs/<person id>.jpg``, named by the gallery's integer id (never
+by a name). An enrollment photo must show exactly one face. Messages meant for Markdown escape
+every user-supplied string (:func:`~app.uploads.escape_markdown`).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from h_model.data.folder import IMAGE_EXTS
 from h_model.faces import FaceVerifier, Gallery, NoModelError
 from h_model.faces.detect import image_sha256
 
-from .uploads import InputError, check_name, decode_image, read_bytes, read_upload
+from .uploads import InputError, check_name, decode_image, escape_markdown, read_bytes, read_upload
 
 MAX_PHOTOS = 20   # per enrollment
 MAX_FACES = 10    # labelled per identify photo
@@ -30,7 +32,8 @@ THUMB = 112
 
 @dataclass
 class Detected:
-    """One enrollment photo: its largest face's aligned crop (``None`` with ``problem`` when unusable)."""
+    """One enrollment photo: its face's aligned crop (``None`` with ``problem`` when unusable: no face,
+    or more than one)."""
 
     label: str
     data: bytes
@@ -49,10 +52,16 @@ class EnrollOutcome:
     crops: list[tuple[Image.Image, str]] = field(default_factory=list)
 
     def message(self) -> str:
-        text = f"Enrolled **{self.name}**: {self.added} new photo(s)"
+        """Markdown: what was enrolled and what was skipped (user-supplied names and file names escaped)."""
+        text = f"Enrolled **{escape_markdown(self.name)}**: {self.added} new photo(s)"
         if self.duplicates:
             text += f", {self.duplicates} already enrolled"
-        return text + "." + "".join(f"\n- skipped {p}" for p in self.problems)
+        return text + "." + skipped_markdown(self.problems)
+
+
+def skipped_markdown(problems: list[str]) -> str:
+    """Markdown list items ``- skipped <problem>``, each problem escaped."""
+    return "".join(f"\n- skipped {escape_markdown(p)}" for p in problems)
 
 
 def resolve_face_model(model: str | Path | None, backbone: str | None = None) -> Path:
@@ -78,6 +87,11 @@ def resolve_face_model(model: str | Path | None, backbone: str | None = None) ->
         raise NoModelError(f"{len(candidates)} face models {what}found at {model}: pass one run directory "
                            "with --model, or --backbone NAME to pick one")
     return candidates[0]
+
+
+def model_name(path: str | Path) -> str:
+    """A checkpoint's name for display (its run directory's or weights file's name), never its path."""
+    return Path(path).name
 
 
 def checkpoint_config(path: str | Path) -> dict[str, Any]:
@@ -145,10 +159,11 @@ def side_by_side(a: Image.Image, b: Image.Image, gap: int = 8) -> Image.Image:
 class FaceDemo:
     """A face model and the gallery it searches; every method is safe to call from many threads."""
 
-    def __init__(self, verifier: FaceVerifier, gallery_dir: str | Path, model_path: str | Path) -> None:
+    def __init__(self, verifier: FaceVerifier, gallery_dir: str | Path, model_path: str | Path,
+                 allow_shared_photos: bool = False) -> None:
         self.verifier = verifier
         self.model_path = Path(model_path)
-        self.gallery = Gallery(gallery_dir, verifier=verifier)
+        self.gallery = Gallery(gallery_dir, verifier=verifier, allow_shared_photos=allow_shared_photos)
         self.thumbs = self.gallery.path / "thumbs"
         self.thumbs.mkdir(exist_ok=True)
 
@@ -157,17 +172,21 @@ class FaceDemo:
 
     # -- the model panel -----------------------------------------------------------------------
     def model_info(self) -> dict[str, Any]:
+        """What the model panel shows: names, never server paths."""
         cfg = self.verifier.learner.config
         spec = cfg.get("model") or {}
-        return {"model": str(self.model_path), "model_id": self.verifier.model_id,
+        return {"model": model_name(self.model_path), "model_id": self.verifier.model_id,
                 "variant": spec.get("variant"), "backbone": spec.get("backbone"),
                 "threshold": self.verifier.threshold, "far": self.verifier.far,
-                "crop": self.verifier.detector.settings, "measured": measured(self.model_path),
-                "gallery": {"directory": str(self.gallery.path), "people": len(self.gallery)}}
+                "crop": {k: model_name(v) if isinstance(v, (str, Path)) and "/" in str(v) else v
+                         for k, v in self.verifier.detector.settings.items()},
+                "measured": measured(self.model_path),
+                "gallery": {"name": self.gallery.path.name, "people": len(self.gallery)}}
 
     # -- enrollment ----------------------------------------------------------------------------
     def detect(self, items: list[tuple[str, bytes]]) -> list[Detected]:
-        """Decode each photo and find its largest face (problems are recorded, never raised)."""
+        """Decode each photo and find its one face (problems are recorded, never raised): a photo with
+        several faces is refused, since which of them is the person cannot be told."""
         found = [Detected(label, data) for label, data in items]
         decoded: list[tuple[Detected, Image.Image]] = []
         for d in found:
@@ -176,8 +195,11 @@ class FaceDemo:
             except InputError as e:
                 d.problem = str(e)
         for (d, _), faces in zip(decoded, self.verifier.detector.detect_many([img for _, img in decoded])):
-            if faces:
-                d.crop, d.faces = faces[0].crop, len(faces)
+            d.faces = len(faces)
+            if len(faces) == 1:
+                d.crop = faces[0].crop
+            elif faces:
+                d.problem = f"{d.label}: {len(faces)} faces found; use a photo of this person alone (or crop it)."
             else:
                 d.problem = f"{d.label}: no face found."
         return found
@@ -185,12 +207,11 @@ class FaceDemo:
     def preview(self, paths: list[str] | None) -> tuple[list[tuple[Image.Image, str]], list[str]]:
         """The aligned crops that enrolling these uploads would save, and what would be skipped."""
         found = self.detect(upload_items(paths))
-        crops = [(d.crop, d.label + (f" (largest of {d.faces} faces)" if d.faces > 1 else ""))
-                 for d in found if d.crop is not None]
-        return crops, [d.problem for d in found if d.problem]
+        return [(d.crop, d.label) for d in found if d.crop is not None], [d.problem for d in found if d.problem]
 
     def enroll(self, name: str | None, items: list[tuple[str, bytes]]) -> EnrollOutcome:
-        """Add a person (or more photos of one): each photo's largest face, embedded by the model."""
+        """Add a person (or more photos of one): each photo's one face, embedded by the model. A photo
+        already enrolled under another name is skipped with that name (unless shared photos are allowed)."""
         name = check_name(name)
         if not items:
             raise InputError("Add at least one photo.")
@@ -205,10 +226,14 @@ class FaceDemo:
         """Save a person's detected photos (``z``: the embeddings of those with a face, in order)."""
         ok = [d for d in found if d.crop is not None]
         problems = [d.problem for d in found if d.problem]
-        if not ok or z is None:
+        if ok and z is not None:
+            r = self.gallery.enroll(name, embeddings=z, model_id=self.verifier.model_id, skip_failures=True,
+                                    sources=[d.label for d in ok], sha256s=[image_sha256(d.data) for d in ok])
+            problems += [f"{source}: {why}." for source, why in r.skipped]
+            taken = {source for source, _ in r.skipped}
+            ok = [d for d in ok if d.label not in taken]
+        if not ok:
             raise InputError(f"Nothing enrolled for {name}: " + " ".join(problems))
-        r = self.gallery.enroll(name, embeddings=z, model_id=self.verifier.model_id,
-                                sources=[d.label for d in ok], sha256s=[image_sha256(d.data) for d in ok])
         self._save_thumb(r.person_id, ok[0].crop)
         return EnrollOutcome(r.name, r.person_id, r.added, r.duplicates, problems, [(d.crop, d.label) for d in ok])
 
@@ -287,8 +312,9 @@ class FaceDemo:
         except KeyError:
             raise InputError(f"There is no person named {old}.") from None
         except ValueError as e:
-            raise InputError(str(e).capitalize() + ".") from None
-        return f"Renamed **{old}** to **{new}**."
+            text = str(e)
+            raise InputError(text[:1].upper() + text[1:] + ".") from None
+        return f"Renamed **{escape_markdown(old)}** to **{escape_markdown(new)}**."
 
     def delete(self, name: str | None) -> str:
         if not name:
@@ -298,7 +324,7 @@ class FaceDemo:
             raise InputError(f"There is no person named {name}.")
         for pid in ids:
             (self.thumbs / f"{int(pid)}.jpg").unlink(missing_ok=True)
-        return f"Deleted **{name}** and their photos."
+        return f"Deleted **{escape_markdown(name)}** and their photos."
 
     def _save_thumb(self, person_id: int, crop: Image.Image) -> None:
         path = self.thumbs / f"{int(person_id)}.jpg"
@@ -338,10 +364,9 @@ class FaceDemo:
                 raise InputError(f"Cannot identify: {e}.") from None
             best = r.matches[0]
             out.append({"face": i + 1, "box": [round(float(v), 1) for v in face.box], "name": r.name,
-                        "label": "unknown" if r.unknown else best.name, "score": best.similarity,
+                        "label": "unknown" if r.unknown else best.name, "score": best.score,
                         "unknown": r.unknown,
-                        "matches": [{"name": m.name, "person_id": m.person_id, "score": m.similarity,
-                                     "probability": m.probability} for m in r.matches]})
+                        "matches": [{"name": m.name, "person_id": m.person_id, "score": m.score} for m in r.matches]})
         return faces, {"faces": out, "threshold": self.gallery.threshold, "method": r.method}
 
     def verify(self, path_a: str | None, path_b: str | None) -> tuple[dict[str, Any], Image.Image]:

@@ -2,7 +2,9 @@
 
 Every button is also an API endpoint (``api_name``), callable with ``gradio_client``. Bad input
 raises :class:`gr.Error`: the person sees the message in the page, a client gets it as an error,
-and the app keeps serving.
+and the app keeps serving. Gradio shows such messages as HTML and Markdown outputs as Markdown, so
+every user-supplied string in them is escaped here or in :mod:`app.face_demo`; captions, dropdown
+choices and JSON outputs are shown as text by Gradio and carry names as they are.
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from PIL import Image
 from h_model.faces import ModelMismatchError, NoFaceError
 from h_model.preprocess import ImageDecodeError
 
-from .face_demo import FaceDemo, measured, upload_items
+from .face_demo import FaceDemo, measured, model_name, skipped_markdown, upload_items
 from .fewshot_demo import MAX_WAY, FewShotDemo, sketch_to_image
-from .uploads import KINDS, InputError, zip_people
+from .uploads import KINDS, InputError, escape_markdown, escape_text, zip_people
 
 TITLE = "H-network face gallery"
 
@@ -86,13 +88,14 @@ class ImageFiles:
 
 
 def shown(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a bad-input exception into a message shown in the page (and sent to API clients)."""
+    """Turn a bad-input exception into a message shown in the page (and sent to API clients), escaped:
+    Gradio renders it as HTML."""
     @functools.wraps(fn)
     def wrapper(*args: Any) -> Any:
         try:
             return fn(*args)
         except (InputError, NoFaceError, ImageDecodeError, ModelMismatchError) as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(escape_text(str(e)), print_exception=False) from None
     return wrapper
 
 
@@ -106,9 +109,9 @@ def model_markdown(faces: FaceDemo, fewshot: FewShotDemo) -> str:
     acc = info["measured"]
     lines.append("**Measured:** " + (", ".join(f"{k} {v:.4f}" for k, v in acc.items()) if acc else "no figures stored"))
     fs = measured(fewshot.model_path)
-    lines.append(f"**Few-shot model:** `{fewshot.model_path}`" +
+    lines.append(f"**Few-shot model:** `{model_name(fewshot.model_path)}`" +
                  (" — " + ", ".join(f"{k} {v:.4f}" for k, v in fs.items()) if fs else ""))
-    lines.append(f"**Gallery:** `{info['gallery']['directory']}`")
+    lines.append(f"**Gallery:** `{info['gallery']['name']}`, {info['gallery']['people']} people")
     return "  \n".join(lines)
 
 
@@ -124,8 +127,8 @@ def build_ui(faces: FaceDemo, fewshot: FewShotDemo) -> gr.Blocks:
     @shown
     def preview(paths: list[str] | None) -> tuple[Any, str]:
         crops, problems = faces.preview(paths)
-        text = f"{len(crops)} face(s) found; **Enroll** saves them." if crops else "No face found."
-        return files.gallery(crops), text + "".join(f"\n- skipped {p}" for p in problems)
+        text = f"{len(crops)} face(s) found; **Enroll** saves them." if crops else "No photo to enroll."
+        return files.gallery(crops), text + skipped_markdown(problems)
 
     @shown
     def enroll(name: str, paths: list[str] | None) -> tuple[Any, str, dict[str, Any]]:
@@ -138,7 +141,7 @@ def build_ui(faces: FaceDemo, fewshot: FewShotDemo) -> gr.Blocks:
     def enroll_zip(path: str | None) -> tuple[str, dict[str, Any]]:
         s = faces.enroll_many(zip_people(path).items())
         text = f"Enrolled {s['persons']} people, {s['added']} new photo(s)."
-        return text + "".join(f"\n- skipped {p}" for p in s["skipped"][:20]), s
+        return text + skipped_markdown(s["skipped"][:20]), s
 
     @shown
     def rename(old: str | None, new: str) -> str:
@@ -153,7 +156,7 @@ def build_ui(faces: FaceDemo, fewshot: FewShotDemo) -> gr.Blocks:
         boxed, result, thumbs = faces.identify(path, int(k))
         rows = []
         for f in result["faces"]:
-            who = "**unknown**" if f["unknown"] else f"**{f['name']}**"
+            who = "**unknown**" if f["unknown"] else f"**{escape_markdown(f['name'])}**"
             t = "none" if result["threshold"] is None else f"{result['threshold']:.3f}"
             rows.append(f"Face {f['face']}: {who}, score {f['score']:.3f} (threshold {t})")
         return files(boxed, "jpeg"), "  \n".join(rows), files.gallery(thumbs), result
@@ -167,7 +170,7 @@ def build_ui(faces: FaceDemo, fewshot: FewShotDemo) -> gr.Blocks:
     @shown
     def fs_sample(way: float, seed: float | None) -> tuple[Any, Any, str]:
         support, query, truth = fewshot.sample(int(way), None if seed is None else int(seed))
-        text = f"The query is a drawing of character **{truth}** (by another person)."
+        text = f"The query is a drawing of character **{escape_markdown(truth)}** (by another person)."
         return files.gallery(support), files(query), text
 
     @shown

@@ -2,10 +2,16 @@
 
 Nothing uploaded is unpickled or used as a path: images are decoded with PIL from bytes, zip
 archives are read member by member in memory, names only ever go into the gallery database.
+A file is only ever read after :func:`check_upload` found it to be a regular file of bounded
+size (inside the upload folder, where the web layer asks for that).
 """
 from __future__ import annotations
 
+import html
 import io
+import os
+import re
+import stat
 import unicodedata
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -27,6 +33,37 @@ KINDS = "JPEG, PNG, WebP, BMP, GIF, TIFF or PGM"
 
 class InputError(ValueError):
     """Bad input; the message is meant for the person using the app."""
+
+
+def escape_text(text: str) -> str:
+    """Plain text -> HTML-safe text (``<``, ``>``, ``&`` escaped): messages shown as HTML or sent as errors."""
+    return html.escape(str(text), quote=False)
+
+
+def escape_markdown(text: str) -> str:
+    """A user-supplied string -> Markdown that renders as exactly that text (no HTML, links or emphasis)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~])", r"\\\1", escape_text(text))
+
+
+def check_upload(path: str | Path, folder: str | Path | None = None, limit_mb: float = MAX_UPLOAD_MB,
+                 label: str = "file") -> Path:
+    """``path`` resolved (symlinks followed), checked without reading it: inside ``folder`` when given,
+    a regular file (not a directory, device, FIFO or socket) of at most ``limit_mb``. Anything else
+    is an :class:`InputError`; a path outside ``folder`` is refused before it is even looked at."""
+    real = Path(os.path.realpath(path))
+    if folder is not None and not real.is_relative_to(os.path.realpath(folder)):
+        raise InputError(f"{label}: refused: not a file uploaded to this app (upload the file itself).")
+    try:
+        st = os.stat(real)
+    except OSError:
+        raise InputError(f"{label}: the upload could not be found; upload it again.") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{label}: is a folder, not a file; upload the file itself.")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{label}: not a regular file; upload the file itself.")
+    if st.st_size > limit_mb * 1024 * 1024:
+        raise InputError(f"{label}: file too large ({st.st_size / 2**20:.1f} MB; the limit is {limit_mb:g} MB).")
+    return real
 
 
 def check_name(name: str | None) -> str:
@@ -68,11 +105,9 @@ def read_bytes(path: str | Path | None, label: str = "photo") -> bytes:
     label = f"{label} {p.name}" if p.name else label
     if p.suffix and p.suffix.lower() not in IMAGE_EXTS:
         raise InputError(f"{label}: unsupported file type {p.suffix}; upload a {KINDS} photo.")
+    real = check_upload(p, label=label)
     try:
-        size = p.stat().st_size
-        if size > MAX_UPLOAD_MB * 1024 * 1024:
-            raise InputError(f"{label}: file too large ({size / 2**20:.1f} MB; the limit is {MAX_UPLOAD_MB} MB).")
-        return p.read_bytes()
+        return real.read_bytes()
     except OSError:
         raise InputError(f"{label}: the upload could not be read; try again.") from None
 
@@ -95,10 +130,9 @@ def zip_people(path: str | Path | None) -> dict[str, list[tuple[str, bytes]]]:
     p = Path(path)
     if p.suffix.lower() != ".zip":
         raise InputError(f"{p.name}: unsupported file type {p.suffix or '(none)'}; upload a .zip archive.")
-    if p.stat().st_size > MAX_ZIP_MB * 1024 * 1024:
-        raise InputError(f"{p.name}: archive too large (the limit is {MAX_ZIP_MB} MB).")
+    real = check_upload(p, limit_mb=MAX_ZIP_MB, label=p.name)
     try:
-        zf = zipfile.ZipFile(p)
+        zf = zipfile.ZipFile(real)
     except (zipfile.BadZipFile, OSError):
         raise InputError(f"{p.name}: not a zip archive (or a damaged one).") from None
     people: dict[str, list[tuple[str, bytes]]] = {}

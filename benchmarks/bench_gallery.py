@@ -23,7 +23,7 @@ is filled with :meth:`Gallery.enroll_many`, then opened with each kind of index:
   ``ivf`` (``approx="ivf"``); ``exact_limit=0`` forces them at every size.
 
 Per index: build seconds (rebuild from SQLite), ``identify`` through the whole gallery (FAISS
-candidates + SQLite rows + ranking; no model head, ``method='prototype-cosine'``), the FAISS search
+candidates + SQLite rows + ranking by best photo cosine, as the app does), the FAISS search
 ``identify`` does (``k = 8 * candidates``) on its own, ``enroll`` of one person with 3 photos (one
 durable transaction + index add), ``remove`` of one person, bytes per vector of the index and of the
 SQLite file, and recall@1 of the approximate index against the exact one: of the FAISS search

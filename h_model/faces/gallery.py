@@ -11,12 +11,14 @@ Directory layout::
 
 Identification is open-set few-shot classification with the gallery as the support set: FAISS
 (exact inner product over normalised embeddings; above ``exact_limit`` embeddings an HNSW graph,
-or IVF lists with ``approx="ivf"``) narrows a large gallery to ``candidates`` persons, then the
-model's own head
-(:meth:`FewShotModel.head <h_model.models.FewShotModel.head>`: prototypes, matching attention,
-siamese pairs) ranks those persons for the query. Without a model the fallback ranks by cosine
-to each person's mean normalised embedding. A query is ``unknown`` when its best cosine to any
-photo of the top person is below the verification threshold.
+or IVF lists with ``approx="ivf"``) narrows a large gallery to ``candidates`` persons, then each
+of those persons is scored exactly by the best cosine between the query and any of their photos:
+the score the verification threshold was calibrated on, so the ranking, the reported score and
+the open-set decision are one number. A photo identical to an enrolled one scores 1.0 and wins.
+A query is ``unknown`` when the top score is below the threshold.
+
+A photo (by SHA-256) belongs to one person: offered under another name, it is refused (or
+skipped) with that person's name, unless ``allow_shared_photos``.
 
 Thread-safe: each thread gets its own SQLite connection; one lock serialises writes and FAISS.
 Another process writing the same gallery bumps the generation, and this one rebuilds its index.
@@ -46,7 +48,8 @@ from .verifier import l2_normalize
 if TYPE_CHECKING:
     from .verifier import FaceVerifier
 
-__all__ = ["Gallery", "Match", "Identification", "EnrollResult", "PersonInfo", "ModelMismatchError"]
+__all__ = ["Gallery", "Match", "Identification", "EnrollResult", "PersonInfo", "ModelMismatchError",
+           "DuplicatePhotoError"]
 
 FORMAT = "h_model.faces.gallery/1"
 DB_NAME, INDEX_NAME = "gallery.sqlite", "index.npz"
@@ -60,11 +63,17 @@ CREATE TABLE IF NOT EXISTS embeddings(
     vector BLOB NOT NULL, sha256 TEXT, source TEXT, created REAL NOT NULL, model_id TEXT NOT NULL,
     UNIQUE(person_id, sha256));
 CREATE INDEX IF NOT EXISTS embeddings_person ON embeddings(person_id);
+CREATE INDEX IF NOT EXISTS embeddings_sha256 ON embeddings(sha256);
 """
+SCORE_DECIMALS = 6  # a cosine in float32 is good to about 1e-7: an identical photo scores exactly 1.0
 
 
 class ModelMismatchError(ValueError):
     """Embeddings from one face model were offered to a gallery built with another."""
+
+
+class DuplicatePhotoError(ValueError):
+    """A photo already enrolled under one name was offered under another."""
 
 
 @dataclass
@@ -86,15 +95,17 @@ class PersonInfo:
 
 @dataclass
 class Match:
-    """One candidate person: ``score`` is the ranking score (head logit, or prototype cosine
-    without a model), ``probability`` its softmax over the candidates, ``similarity`` the best
-    cosine to any of the person's photos (what the threshold is compared with)."""
+    """One candidate person: ``score`` is the best cosine between the query and any of the person's
+    photos (rounded to 6 decimals); matches are ranked by it and the threshold is compared with it."""
 
     name: str
     person_id: int
     score: float
-    probability: float
-    similarity: float
+
+    @property
+    def similarity(self) -> float:
+        """The same number as ``score`` (the cosine the threshold is compared with)."""
+        return self.score
 
 
 @dataclass
@@ -129,13 +140,15 @@ class Gallery:
     ``8 * candidates``; a removed embedding stays in the graph as a filtered-out id until more than
     ``max_removed`` of it is removed, then the graph is rebuilt)
     or ``approx="ivf"`` (``nprobe`` of about ``4 sqrt(n)`` lists searched; exact removal).
-    ``candidates``: persons passed to the head. :meth:`enroll_many` adds many persons at once.
+    ``candidates``: persons scored exactly once the index has narrowed a gallery larger than that.
+    ``allow_shared_photos``: let one photo be enrolled under several names (refused by default).
+    :meth:`enroll_many` adds many persons at once.
     """
 
     def __init__(self, path: str | Path, model_id: str | None = None, verifier: "FaceVerifier | None" = None,
                  threshold: float | None = None, exact_limit: int = 50_000, nprobe: int = 16,
                  candidates: int = 32, approx: str = "hnsw", hnsw_m: int = 32, ef_construction: int = 100,
-                 ef_search: int = 128, max_removed: float = 0.1) -> None:
+                 ef_search: int = 128, max_removed: float = 0.1, allow_shared_photos: bool = False) -> None:
         if approx not in ("hnsw", "ivf"):
             raise ValueError(f"approx must be 'hnsw' or 'ivf', not {approx!r}")
         self.path = Path(path).expanduser()
@@ -147,6 +160,7 @@ class Gallery:
         self.exact_limit, self.nprobe, self.candidates = int(exact_limit), int(nprobe), int(candidates)
         self.approx, self.hnsw_m, self.ef_construction = approx, int(hnsw_m), int(ef_construction)
         self.ef_search, self.max_removed = int(ef_search), float(max_removed)
+        self.allow_shared_photos = bool(allow_shared_photos)
         self._removed: set[int] = set()  # ids still in an HNSW graph but no longer in the database
         self._removed_sel: Any = None
         self._lock = threading.RLock()
@@ -429,8 +443,10 @@ class Gallery:
 
         ``photos`` need the gallery's ``verifier`` (embedded with ``normalize=False`` so the head sees
         the model's own embedding scale); ``embeddings`` must come from ``model_id`` (checked when
-        given). A photo whose SHA-256 is already enrolled for the person is counted as a duplicate.
-        ``skip_failures``: photos without a face or undecodable are skipped and listed, not fatal.
+        given). A photo whose SHA-256 is already enrolled for the person is counted as a duplicate;
+        one enrolled for another person raises :class:`DuplicatePhotoError` naming them (unless the
+        gallery allows shared photos). ``skip_failures``: photos without a face, undecodable or
+        enrolled for another person are skipped and listed, not fatal.
         """
         name = str(name).strip()
         if not name:
@@ -468,6 +484,18 @@ class Gallery:
         added_vecs: list[np.ndarray] = []
         with self._write() as (con, after):
             self._claim_dim(con, x.shape[1])
+            keep = list(range(len(x)))
+            if not self.allow_shared_photos:
+                owners = self._photo_owners(con, shas, name)
+                for i in [i for i in keep if shas[i] in owners]:
+                    why = f"this photo is already enrolled as {owners[shas[i]]!r}"
+                    if not skip_failures:
+                        raise DuplicatePhotoError(f"{srcs[i] or f'photo #{i}'}: {why}")
+                    skipped.append((str(srcs[i] or f"#{i}"), why))
+                    keep.remove(i)
+            if not keep:
+                return EnrollResult(name, -1, 0, 0, skipped)
+            x, shas, srcs = x[keep], [shas[i] for i in keep], [srcs[i] for i in keep]
             con.execute("INSERT OR IGNORE INTO persons(name, created) VALUES (?, ?)", (name, now))
             pid = con.execute("SELECT id FROM persons WHERE name = ?", (name,)).fetchone()[0]
             for v, sha, src in zip(x, shas, srcs):
@@ -480,6 +508,18 @@ class Gallery:
             if added_ids:
                 after.append(lambda index: self._add_to_index(index, np.stack(added_vecs), added_ids))
         return EnrollResult(name, int(pid), len(added_ids), len(x) - len(added_ids), skipped)
+
+    @staticmethod
+    def _photo_owners(con: sqlite3.Connection, shas: Sequence[str | None], name: str) -> dict[str, str]:
+        """{SHA-256: the other person's name} for these photos already enrolled under another name."""
+        wanted = sorted({s for s in shas if s})
+        owners: dict[str, str] = {}
+        for i in range(0, len(wanted), 500):
+            part = wanted[i:i + 500]
+            owners.update(con.execute(f"SELECT e.sha256, p.name FROM embeddings e JOIN persons p ON p.id = e.person_id "
+                                      f"WHERE e.sha256 IN ({','.join('?' * len(part))}) AND p.name != ?",
+                                      (*part, name)).fetchall())
+        return owners
 
     def enroll_many(self, people: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]],
                     model_id: str | None = None) -> dict[str, int]:
@@ -588,10 +628,10 @@ class Gallery:
                  verifier: "FaceVerifier | None" = None) -> Identification:
         """Top-``k`` persons for a query: a 1-D embedding, or a photo (needs a verifier).
 
-        The ranking is the verifier model's head over the candidates' enrolled embeddings
-        (``method='head'``); without a verifier, cosine to mean normalised embeddings
-        (``method='prototype-cosine'``). ``unknown`` when the best person's highest photo cosine
-        is below ``threshold`` (default: the gallery's; no open-set decision when None).
+        Each person's score is the best cosine between the query and any of their photos
+        (``method='best-photo-cosine'``); matches come highest score first (ties by name).
+        ``unknown`` when the top score is below ``threshold`` (default: the gallery's, the
+        verifier's calibrated one; no open-set decision when None).
         """
         verifier = verifier or self.verifier
         if isinstance(query, np.ndarray) and query.ndim == 1 and np.issubdtype(query.dtype, np.floating):
@@ -638,28 +678,16 @@ class Gallery:
         col = {p: j for j, p in enumerate(people)}
         x = np.stack([np.frombuffer(r[1], np.float32) for r in rows])
         y = np.array([col[r[0]] for r in rows], dtype=np.int64)
-        xn = l2_normalize(x)
-        cos = xn @ qn
-        sim = np.full(len(people), -np.inf, np.float32)
-        np.maximum.at(sim, y, cos)
-        if verifier is not None:
-            scores = verifier.head_logits(x, y, q[None], len(people))[0].astype(np.float64)
-            method = "head"
-            probs = _softmax(scores)
-        else:
-            sums = np.zeros((len(people), x.shape[1]), np.float32)
-            np.add.at(sums, y, xn)
-            protos = l2_normalize(sums)  # the normalised mean of each person's normalised embeddings
-            scores = (protos @ qn).astype(np.float64)
-            method = "prototype-cosine"
-            probs = _softmax(10.0 * scores)
+        sim = np.full(len(people), -np.inf, np.float64)
+        np.maximum.at(sim, y, (l2_normalize(x) @ qn).astype(np.float64))
+        scores = np.round(np.clip(sim, -1.0, 1.0), SCORE_DECIMALS)
         names = dict(con.execute(f"SELECT id, name FROM persons WHERE id IN ({','.join('?' * len(people))})",
                                  people).fetchall())
-        best = np.argsort(-scores, kind="stable")[:k]
-        matches = [Match(names.get(people[j], "?"), int(people[j]), float(scores[j]), float(probs[j]), float(sim[j]))
-                   for j in best]
-        unknown = threshold is not None and (not matches or matches[0].similarity < threshold)
-        return Identification(matches, bool(unknown), threshold, method)
+        named = [names.get(p, "?") for p in people]
+        best = sorted(range(len(people)), key=lambda j: (-scores[j], named[j]))[:k]
+        matches = [Match(named[j], int(people[j]), float(scores[j])) for j in best]
+        unknown = threshold is not None and (not matches or matches[0].score < threshold)
+        return Identification(matches, bool(unknown), threshold, "best-photo-cosine")
 
     # -- export / import ---------------------------------------------------------------------
     def _all_rows(self) -> list[tuple[str, bytes, str | None, str | None, float]]:
@@ -755,9 +783,3 @@ class Gallery:
             if new_ids:
                 after.append(lambda index: self._add_to_index(index, np.stack(new_vecs), new_ids))
         return {"persons": len(by_name), "added": added, "duplicates": dup}
-
-
-def _softmax(s: np.ndarray) -> np.ndarray:
-    e = np.exp(s - s.max())
-    return e / e.sum()
-

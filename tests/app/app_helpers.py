@@ -18,6 +18,19 @@ def photos(person: Path, n: int) -> list[Path]:
     return sorted(person.iterdir())[:n]
 
 
+def one_face_photos(client, person: Path, n: int) -> list[Path]:
+    """``n`` photos of an identity folder that the app would enroll (exactly one face each), as its
+    ``/preview`` through a ``gradio_client.Client`` says."""
+    from gradio_client import handle_file
+
+    candidates = photos(person, n + 4)
+    crops, _ = client.predict([handle_file(str(p)) for p in candidates], api_name="/preview")
+    accepted = {c["caption"] for c in crops}
+    chosen = [p for p in candidates if p.name in accepted][:n]
+    assert len(chosen) == n, f"{person}: fewer than {n} one-face photos among {len(candidates)}"
+    return chosen
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

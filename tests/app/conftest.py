@@ -1,4 +1,5 @@
-"""Fixtures for the web demo tests: the face model (bundled, or ``$H_FACE_MODEL``) and real face photos."""
+"""Fixtures for the web demo tests: the face model (bundled, or ``$H_FACE_MODEL``), real face photos, and one
+app server (no login, a fresh gallery) shared by the test modules that drive it over HTTP."""
 from __future__ import annotations
 
 import os
@@ -40,3 +41,15 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, face_model: Path, celeba: list[Path]):
+    """``app/app.py`` on a free loopback port: every test that uses it leaves the gallery empty again."""
+    from tests.app.app_helpers import AppServer
+
+    work = tmp_path_factory.mktemp("app_server")
+    app = AppServer(work / "gallery", face_model, work).start()
+    print(f"\napp cold start (process start to first page): {app.start_s:.1f} s")
+    yield app
+    app.stop()

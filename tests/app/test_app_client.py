@@ -11,20 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.app.app_helpers import REPO, AppServer, photos
+from tests.app.app_helpers import REPO, AppServer, one_face_photos, photos
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, face_model: Path, celeba: list[Path]):
-    work = tmp_path_factory.mktemp("app_client")
-    app = AppServer(work / "gallery", face_model, work).start()
-    print(f"\napp cold start (process start to first page): {app.start_s:.1f} s")
-    yield app
-    app.stop()
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +27,19 @@ def files(paths: list[Path]) -> list:
     return [handle_file(str(p)) for p in paths]
 
 
+def strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
 def test_model_info(client: Client, face_model: Path) -> None:
     info = client.predict(api_name="/model_info")
-    assert info["model"] == str(face_model) and info["model_id"].startswith("sha256:")
-    assert info["backbone"] and "crop_size" in info["crop"] and info["gallery"]["people"] == 0
+    assert info["model"] == face_model.name and info["model_id"].startswith("sha256:")
+    assert info["backbone"] and "crop_size" in info["crop"] and info["gallery"] == {"name": "gallery", "people": 0}
+    assert not [s for s in strings(info) if "/" in s]  # names, never server paths
 
 
 def test_enroll_identify_verify_edit(client: Client, celeba: list[Path]) -> None:
@@ -53,8 +53,9 @@ def test_enroll_identify_verify_edit(client: Client, celeba: list[Path]) -> None
     assert {(p["name"], p["photos"]) for p in people} == {("Ada", 2), ("Bob", 2)}
 
     boxed, summary, matches, result = client.predict(handle_file(str(bob[1])), 2, api_name="/identify")
-    face = result["faces"][0]
-    assert face["name"] == "Bob" and not face["unknown"] and face["score"] > 0.99 and "**Bob**" in summary
+    face = result["faces"][0]  # an enrolled photo: its person, scoring exactly 1.0, matches sorted by score
+    assert face["name"] == "Bob" and not face["unknown"] and face["score"] == 1.0 and "**Bob**" in summary
+    assert [m["name"] for m in face["matches"]] == ["Bob", "Ada"] and face["matches"][1]["score"] < 1.0
     assert Image.open(boxed).size == Image.open(bob[1]).size and len(matches) == 2
 
     verdict, pair, r = client.predict(handle_file(str(ada[0])), handle_file(str(ada[0])), api_name="/verify")
@@ -146,7 +147,7 @@ def test_fewshot(client: Client, tmp_path: Path) -> None:
 
 
 def test_concurrent_enrollments_stay_apart(client: Client, celeba: list[Path]) -> None:
-    people = {f"person {i}": photos(celeba[-4 - i], 2) for i in range(4)}
+    people = {f"person {i}": one_face_photos(client, celeba[-4 - i], 2) for i in range(4)}
     jobs = {name: client.submit(name, files(ps), api_name="/enroll") for name, ps in people.items()}
     for name, job in jobs.items():
         assert job.result(timeout=300)[2]["added"] == 2
@@ -154,7 +155,8 @@ def test_concurrent_enrollments_stay_apart(client: Client, celeba: list[Path]) -
     assert {n: listed.get(n) for n in people} == {n: 2 for n in people}
     for name, ps in people.items():  # an enrolled photo finds its own stored embedding, under its own name
         matches = client.predict(handle_file(str(ps[1])), 4, api_name="/identify")[3]["faces"][0]["matches"]
-        assert {m["name"]: m["score"] for m in matches}[name] > 0.999
+        assert matches[0] == {"name": name, "person_id": matches[0]["person_id"], "score": 1.0}
+        assert [m["score"] for m in matches] == sorted((m["score"] for m in matches), reverse=True)
     for name in people:
         client.predict(name, api_name="/delete")
 
@@ -167,7 +169,9 @@ def test_bulk_zip_and_load(client: Client, celeba: list[Path], tmp_path: Path) -
         for name, photo in chosen.items():
             z.write(photo, f"people/{name}/{photo.name}")
     status, summary = client.predict(handle_file(str(archive)), api_name="/enroll_zip")
-    assert summary["persons"] >= 95 and "Enrolled" in status  # a photo whose face MTCNN misses is skipped
+    assert summary["persons"] >= 90 and "Enrolled" in status
+    assert summary["persons"] + len(summary["skipped"]) == len(chosen)  # a person skipped is said why:
+    assert all(" no face found." in s or " faces found; " in s for s in summary["skipped"])  # no face, or several
     enrolled = sorted({p["name"] for p in client.predict(api_name="/list_people")[2]} & set(chosen))
     assert len(enrolled) == summary["persons"]
 
@@ -197,13 +201,13 @@ def test_bulk_zip_and_load(client: Client, celeba: list[Path], tmp_path: Path) -
 
 def test_json_api_beside_the_page(client: Client, server: AppServer, celeba: list[Path]) -> None:
     """The JSON routes are served by the same process, on the same gallery, before Gradio's catch-all mount."""
-    ps = photos(celeba[-5], 1)
+    ps = one_face_photos(client, celeba[-8], 1)
     with httpx.Client(base_url=f"{server.url}api/v1", timeout=300) as api:
         r = api.post("/people", params={"name": "Quinn"}, files={"photos": (ps[0].name, ps[0].read_bytes())})
         assert r.status_code == 200 and r.json()["added"] == 1, r.text
         assert "Quinn" in [p["name"] for p in client.predict(api_name="/list_people")[2]]
         r = api.post("/identify", content=ps[0].read_bytes())  # the enrolled photo finds its own embedding
         assert r.status_code == 200 and r.json()["faces"][0]["name"] == "Quinn", r.text
-        assert r.json()["faces"][0]["score"] > 0.999
+        assert r.json()["faces"][0]["score"] == 1.0
         assert api.post("/identify", content=b"junk").status_code == 400
         assert api.delete("/people", params={"name": "Quinn"}).json() == {"deleted": "Quinn"}

@@ -12,7 +12,7 @@ from PIL import Image
 from app.app import parse_auth
 from app.face_demo import FaceDemo, resolve_face_model
 from app.fewshot_demo import sketch_to_image
-from app.uploads import InputError, check_name, decode_image, read_bytes, zip_people
+from app.uploads import InputError, check_name, check_upload, decode_image, escape_markdown, read_bytes, zip_people
 from h_model.faces import FaceVerifier, NoModelError
 from tests.app.app_helpers import photos
 
@@ -50,6 +50,39 @@ def test_image_checks(tmp_path: Path) -> None:
         read_bytes(svg)
     with pytest.raises(InputError, match="Upload a photo"):
         read_bytes(None)
+
+
+def test_check_upload_refuses_before_reading(tmp_path: Path) -> None:
+    import os
+
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    ok = folder / "a.png"
+    ok.write_bytes(png())
+    assert check_upload(ok, folder) == ok.resolve() and read_bytes(ok) == png()
+    outside = tmp_path / "b.png"
+    outside.write_bytes(png())
+    (folder / "link.png").symlink_to(outside)
+    os.mkfifo(folder / "pipe.png")
+    with open(folder / "big.png", "wb") as f:
+        f.truncate(11 * 2**20)
+    cases = [(outside, "not a file uploaded"), (folder / "link.png", "not a file uploaded"),
+             ("/etc/passwd", "not a file uploaded"), ("/dev/zero", "not a file uploaded"),
+             (folder / "../b.png", "not a file uploaded"), (folder, "is a folder"),
+             (folder / "pipe.png", "not a regular file"), (folder / "big.png", "file too large"),
+             (folder / "gone.png", "could not be found")]
+    for path, why in cases:
+        with pytest.raises(InputError, match=why):
+            check_upload(path, folder)
+    for path, why in (("/dev/zero", "not a regular file"), (folder, "is a folder"), (folder / "pipe.png", "regular"),
+                      (folder / "big.png", "too large")):  # without a folder (a photo handed to the demo)
+        with pytest.raises(InputError, match=why):
+            read_bytes(path)
+
+
+def test_escape_markdown() -> None:
+    assert escape_markdown("Ada") == "Ada"
+    assert escape_markdown("<b>*x*</b> [a](b) & _y_") == r"&lt;b&gt;\*x\*&lt;/b&gt; \[a\]\(b\) &amp; \_y\_"
 
 
 def test_zip_people(tmp_path: Path) -> None:
@@ -122,6 +155,7 @@ def test_face_demo_enroll_edit_identify_persist(tmp_path: Path, face_model: Path
     demo = FaceDemo(v, tmp_path / "g", face_model)
     crops, problems = demo.preview([str(p) for p in ada])
     assert len(crops) == 2 and not problems
+    assert demo.model_info()["model"] == face_model.name and demo.model_info()["gallery"]["name"] == "g"
     r = demo.enroll("../../Ada", items)
     assert (r.added, r.duplicates, len(r.crops)) == (2, 0, 2)
     assert any("no face" in p for p in r.problems) and any("not an image" in p for p in r.problems)
@@ -145,7 +179,7 @@ def test_face_demo_enroll_edit_identify_persist(tmp_path: Path, face_model: Path
         demo.identify(str(char))
 
     assert "Renamed" in demo.rename("../../Ada", "Ada")
-    with pytest.raises(InputError, match="already enrolled"):
+    with pytest.raises(InputError, match="^A person named 'Bob' is already enrolled.$"):
         demo.rename("Ada", "Bob")
     with pytest.raises(InputError, match="no person named"):
         demo.delete("Carol")

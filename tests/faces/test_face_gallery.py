@@ -1,4 +1,4 @@
-"""Gallery: persistence, index rebuilds, crash safety, threads, model ids, the H-network head."""
+"""Gallery: persistence, index rebuilds, crash safety, threads, model ids, ranking, shared photos."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from h_model.faces import Gallery, ModelMismatchError, NoFaceError
-from h_model.faces.gallery import INDEX_NAME
+from h_model.faces.gallery import INDEX_NAME, DuplicatePhotoError
 
 REPO = Path(__file__).resolve().parents[2]
 D = 16
@@ -40,8 +40,8 @@ def filled(path: Path, n: int = 12, **kw) -> tuple[Gallery, np.ndarray]:
 def test_identify_open_set_and_edits(tmp_path: Path) -> None:
     g, c = filled(tmp_path / "g", candidates=4)
     r = g.identify(shots(c[7], 1, seed=99)[0], k=3)
-    assert r.name == "p7" and r.method == "prototype-cosine" and len(r.matches) == 3
-    assert r.matches[0].similarity >= 0.5 and sum(m.probability for m in r.matches) <= 1.0 + 1e-6
+    assert r.name == "p7" and r.method == "best-photo-cosine" and len(r.matches) == 3
+    assert r.matches[0].score >= 0.5 and r.matches[0].similarity == r.matches[0].score
     stranger = people(1, seed=123)[0]
     assert g.identify(stranger).unknown and g.identify(stranger).name is None
     assert g.identify(stranger, threshold=-1.0).name is not None
@@ -55,6 +55,61 @@ def test_identify_open_set_and_edits(tmp_path: Path) -> None:
     assert g.identify(c[3], k=1).name == "ada"
     assert {p.name for p in g.list()} == {f"p{i}" for i in range(12) if i not in (3, 7)} | {"ada"}
     assert all(p.photos == 3 for p in g.list()) and len(g) == 11
+    g.close()
+
+
+def best_cosines(g: Gallery, q: np.ndarray) -> dict[str, float]:
+    """Each person's best cosine to ``q``, computed here from the stored embeddings."""
+    qn = q / np.linalg.norm(q)
+    return {p.name: float(max(e @ qn / np.linalg.norm(e) for e in g.embeddings(p.name))) for p in g.list()}
+
+
+def test_identify_ranks_by_the_score_it_reports(tmp_path: Path) -> None:
+    """The score is the best photo cosine; matches sorted by it; an enrolled embedding scores exactly 1.0
+    and wins, even against a person whose mean embedding is nearer (the case a prototype or head got wrong)."""
+    rng = np.random.default_rng(5)
+    exact = rng.normal(size=D).astype(np.float32)
+    near = (exact + 0.3 * rng.normal(size=D)).astype(np.float32)
+    g = Gallery(tmp_path / "g", model_id="m1", threshold=0.9, candidates=3)
+    # "ada": the query photo itself plus two far-off photos (a poor mean); "bob": three photos all near it
+    g.enroll("ada", embeddings=np.stack([exact, -near, rng.normal(size=D).astype(np.float32)]))
+    g.enroll("bob", embeddings=shots(near, 3, seed=1, noise=0.05))
+    for i, x in enumerate(people(6, seed=9)):
+        g.enroll(f"other{i}", embeddings=shots(x, 2, seed=10 + i))
+    for candidates in (3, 20):  # the index narrows 8 persons to 3 candidates; or every person is scored
+        g.candidates = candidates
+        r = g.identify(exact, k=8)
+        assert r.name == "ada" and not r.unknown and r.matches[0].score == 1.0
+        scores = [m.score for m in r.matches]
+        assert scores == sorted(scores, reverse=True) and len(r.matches) == min(candidates, 8)
+        truth = best_cosines(g, exact)
+        assert all(m.score == pytest.approx(truth[m.name], abs=1e-6) for m in r.matches)
+    assert r.matches[1].name == "bob" and r.matches[1].score < 1.0
+    q = (exact + 0.02 * rng.normal(size=D)).astype(np.float32)  # a new photo of ada: open set on the same score
+    r = g.identify(q, k=2)
+    assert r.name == "ada" and r.unknown == (r.matches[0].score < 0.9)
+    assert g.identify(q, threshold=r.matches[0].score + 1e-6).unknown
+    assert not g.identify(q, threshold=r.matches[0].score).unknown
+    g.close()
+
+
+def test_a_photo_belongs_to_one_person(tmp_path: Path) -> None:
+    c = people(3)
+    g = Gallery(tmp_path / "g", model_id="m1")
+    g.enroll("Ada", embeddings=shots(c[0], 2), sources=["a.jpg", "b.jpg"], sha256s=["aa" * 32, "bb" * 32])
+    with pytest.raises(DuplicatePhotoError, match="b.jpg: this photo is already enrolled as 'Ada'"):
+        g.enroll("Bob", embeddings=shots(c[1], 2), sources=["c.jpg", "b.jpg"], sha256s=["cc" * 32, "bb" * 32])
+    assert [p.name for p in g.list()] == ["Ada"]  # refused whole: nothing of Bob's stored
+    r = g.enroll("Bob", embeddings=shots(c[1], 2), sources=["c.jpg", "b.jpg"], sha256s=["cc" * 32, "bb" * 32],
+                 skip_failures=True)
+    assert (r.added, r.skipped) == (1, [("b.jpg", "this photo is already enrolled as 'Ada'")])
+    r = g.enroll("Carol", embeddings=shots(c[2], 1), sources=["a.jpg"], sha256s=["aa" * 32], skip_failures=True)
+    assert (r.person_id, r.added) == (-1, 0) and "Carol" not in {p.name for p in g.list()}  # no empty person
+    assert g.enroll("Ada", embeddings=shots(c[0], 1), sha256s=["aa" * 32]).duplicates == 1  # same person: a duplicate
+    g.close()
+    g = Gallery(tmp_path / "g", allow_shared_photos=True)
+    assert g.enroll("Carol", embeddings=shots(c[2], 1), sha256s=["aa" * 32]).added == 1
+    assert {p.name: p.photos for p in g.list()} == {"Ada": 2, "Bob": 1, "Carol": 1}
     g.close()
 
 
@@ -290,7 +345,7 @@ def test_sigkill_mid_enrollment_loses_nothing_committed(tmp_path: Path) -> None:
     g.close()
 
 
-def test_photo_enrollment_and_the_model_head(tmp_path: Path, verifier, faces_root: Path) -> None:
+def test_photo_enrollment_and_identify(tmp_path: Path, verifier, faces_root: Path) -> None:
     orl = faces_root / "orl"
     g = Gallery(tmp_path / "g", verifier=verifier, threshold=-1.0)
     r = g.enroll("s1", [orl / "s1" / "1.pgm", orl / "s1" / "2.pgm"])
@@ -304,16 +359,17 @@ def test_photo_enrollment_and_the_model_head(tmp_path: Path, verifier, faces_roo
     assert r.added == 1 and len(r.skipped) == 1 and "NoFaceError" in r.skipped[0][1]
     row = g._con().execute("SELECT source, sha256, model_id FROM embeddings ORDER BY id").fetchone()
     assert row[0] == "1.pgm" and len(row[1]) == 64 and row[2] == verifier.model_id
+    with pytest.raises(DuplicatePhotoError, match="already enrolled as 's1'"):
+        g.enroll("s4", [orl / "s1" / "1.pgm"])
     query = orl / "s1" / "3.pgm"
     res = verifier.identify(query, g, k=3)
-    assert res.method == "head" and len(res.matches) == 3
-    assert sum(m.probability for m in res.matches) == pytest.approx(1.0, abs=1e-6)
-    q = verifier.embed([query], normalize=False)[0].astype(np.float64)
-    for m in res.matches:  # ProtoNet's head: -squared distance to the mean raw embedding
-        proto = g.embeddings(m.name).astype(np.float64).mean(0)
-        assert m.score == pytest.approx(-((q - proto) ** 2).sum(), rel=1e-3)
-    assert [m.score for m in res.matches] == sorted((m.score for m in res.matches), reverse=True)
-    assert json.loads(json.dumps(res.to_dict()))["method"] == "head"
+    assert res.method == "best-photo-cosine" and len(res.matches) == 3
+    truth = best_cosines(g, verifier.embed([query], normalize=False)[0])
+    assert [m.name for m in res.matches] == sorted(truth, key=lambda n: -truth[n])
+    assert all(m.score == pytest.approx(truth[m.name], abs=1e-5) for m in res.matches)
+    same = verifier.identify(orl / "s2" / "2.pgm", g, k=3)  # an enrolled photo: its own person, exactly 1.0
+    assert same.matches[0].name == "s2" and same.matches[0].score == 1.0
+    assert json.loads(json.dumps(res.to_dict()))["method"] == "best-photo-cosine"
     g.close()
 
 
@@ -339,6 +395,6 @@ def test_cli_enroll_dir_identify_and_list(tmp_path: Path, face_ckpt: Path, faces
     assert faces_main(["identify", str(faces_root / "orl" / "s4" / "3.pgm"), "--gallery", str(gdir), "-k", "2",
                        *args]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["method"] == "head" and {m["name"] for m in res["matches"]} == {"alice", "bob"}
+    assert res["method"] == "best-photo-cosine" and {m["name"] for m in res["matches"]} == {"alice", "bob"}
     assert faces_main(["list", "--gallery", str(gdir)]) == 0
     assert [(p["name"], p["photos"]) for p in json.loads(capsys.readouterr().out)] == [("alice", 2), ("bob", 2)]
