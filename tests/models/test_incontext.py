@@ -123,8 +123,8 @@ def test_short_real_training_beats_chance_by_far(data_root, tmp_path):
     """train_h.py --variant transformer on Omniglot for a few seconds, then the public API."""
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump({
-        "variant": "transformer", "backbone": "conv4", "model_kwargs": SMALL, "episodes": 120,
-        "train_way": 20, "train_shot": 1, "train_query": 5, "val_every": 60, "val_episodes": 100,
+        "variant": "transformer", "backbone": "conv4", "model_kwargs": {"width": 64, "depth": 2, "heads": 4, "mlp": 128},
+        "episodes": 100, "train_way": 60, "train_shot": 1, "train_query": 2, "val_every": 50, "val_episodes": 100,
         "eval_settings": ["5w1s"], "eval_episodes": 300, "lr": 0.001, "lr_schedule": "cosine"}))
     out = tmp_path / "run"
     env = {**os.environ, "H_DATA_ROOT": str(data_root)}
@@ -133,14 +133,24 @@ def test_short_real_training_beats_chance_by_far(data_root, tmp_path):
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
-    assert res["train"]["variant"] == "transformer" and res["train"]["episodes"] == 120
-    assert res["5w1s"]["accuracy"] >= 0.8, res["5w1s"]  # chance: 0.2
+    assert res["train"]["variant"] == "transformer" and res["train"]["episodes"] == 100
+    assert res["5w1s"]["accuracy"] >= 0.7, res["5w1s"]  # chance: 0.2 (measured: 0.82)
     learner = h_model.load(out, device="cpu")
     chars = sorted((data_root / "omniglot-py" / "images_evaluation" / "Atlantean").iterdir())[:5]
     support = [sorted(c.glob("*.png"))[0] for c in chars]
     queries = [sorted(c.glob("*.png"))[1] for c in chars]
     pred = learner.predict(support, [c.name for c in chars], queries)
     assert sum(p == c.name for p, c in zip(pred.labels, chars)) >= 3
+    from app.fewshot_demo import FewShotDemo  # the app's few-shot tab, on the same learner
+
+    demo = FewShotDemo(learner, out, data_root / "omniglot-py" / "images_evaluation")
+    hits = 0
+    for seed in range(10):
+        support_set, query, truth = demo.sample(5, seed)
+        r = demo.predict(support_set, query)
+        assert r["classes"] == list("ABCDE") and abs(sum(r["probs"]) - 1) < 1e-5
+        hits += r["predicted"] == truth
+    assert hits >= 5, hits  # chance: 2 of 10
 
 
 @pytest.mark.parametrize("name,device", [("transformer_omniglot_cpu30", "auto"), ("transformer_omniglot_gpu", "cuda")])
