@@ -9,8 +9,8 @@ them beside the papers' figures.
     python benchmarks/bench_accuracy.py                       # all variants, ~105 min on 2 cores
     python benchmarks/bench_accuracy.py --variants proto
     python benchmarks/bench_accuracy.py --collect-only        # re-read finished runs
-    OMP_NUM_THREADS=1 python benchmarks/bench_accuracy.py --variants transformer --time-limit-min 15 \
-        --out benchmarks/results/accuracy_transformer.json    # a shorter budget on one thread
+    OMP_NUM_THREADS=1 python benchmarks/bench_accuracy.py --variants proto transformer --time-limit-min 15 \
+        --out benchmarks/results/accuracy_incontext_15min.json   # a shorter budget, one thread
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def main() -> int:
         res = json.loads((run_dir / "results.json").read_text())
         limit = json.loads((run_dir / "train_config.json").read_text())["time_limit_min"]
         table[v] = {"ours": {s: res[s] for s in SETTINGS}, "train": {**res["train"], "time_limit_min": limit},
-                    "cpu": cpu_model(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                    "cpu": cpu_model(),
                     "paper": dict(zip(SETTINGS, PAPER[v][1])), "paper_source": PAPER[v][0],
                     "config": f"training/configs/{v}_omniglot_cpu30.yaml",
                     **{k: res[k] for k in ("test_time_tuning", "pool_max") if k in res}}

@@ -35,8 +35,9 @@ from .base import MODELS, FewShotModel
 class LabelAttention(nn.Module):
     """Multi-head attention from every token to the keys (class and support tokens).
 
-    ``bias`` ``[B, Lq, Lk]`` (0/1, "same label") is scaled by a learned value per head and added
-    to the attention scores; ``blocked`` ``[B, Lq, Lk]`` (True = not attended) masks pairs out.
+    ``same`` ``[B, Lq, Lk]`` (1 where token and key carry the same label, else 0) times a learned
+    value per head is added to the attention scores; ``blocked`` ``[B, Lq, Lk]`` (True: not
+    attended) masks pairs out.
     """
 
     def __init__(self, dim: int, heads: int) -> None:
@@ -119,10 +120,9 @@ class InContextNet(FewShotModel):
         if int(support_y.min()) < 0 or int(support_y.max()) >= way:
             raise ValueError(f"support labels must lie in 0..{way - 1}")
         s, q = self.proj(support_z) + self.labelled, self.proj(query_z) + self.no_label
-        tokens = torch.cat([self.class_token.to(s.dtype).expand(B, way, -1), s, q.to(s.dtype)], 1)
+        x = torch.cat([self.class_token.to(s.dtype).expand(B, way, -1), s, q.to(s.dtype)], 1)
         same, blocked = self.structure(support_y, way, Q)
         n_keys = way + support_z.shape[1]
-        x = tokens
         for block in self.blocks:
             x = block(x, n_keys, same, blocked)
         x = self.norm(x)
