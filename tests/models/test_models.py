@@ -17,7 +17,8 @@ BACKBONE_CASES = {  # name -> (kwargs, input shape): small but real configuratio
     "ensemble": ({"members": [{"backbone": "face_resnet", "kwargs": {"channels": [8, 16, 16, 32], "dim": 24}},
                               {"backbone": "resnet12", "kwargs": {"channels": [8, 8, 16, 16]}}]}, (3, 48, 48)),
 }
-VARIANT_KWARGS = {"proto": {}, "matching": {"fce": True, "fce_steps": 2}, "siamese": {"hidden": 32}}
+VARIANT_KWARGS = {"proto": {}, "matching": {"fce": True, "fce_steps": 2}, "siamese": {"hidden": 32},
+                  "transformer": {"width": 32, "depth": 2, "heads": 4, "mlp": 64}}
 
 
 PRETRAINED_ALIASES = {"facenet-vggface2": "vggface2", "facenet-casia": "casia-webface"}
