@@ -13,9 +13,10 @@ which is the model's own prediction, unchanged.
 - ``transductive_steps`` (Prototypical heads): soft k-means refinement of the prototypes with the
   queries (Ren et al. 2018): each step recomputes every prototype as the mean of its support
   embeddings and of all queries weighted by their softmax(logits / ``transductive_temperature``)
-  membership, the query weights scaled so that all queries together weigh as much as the
-  support set (one query per class, as in Lake et al.'s runs: Ren et al.'s own weights; 15 queries
-  per class: a fifteenth of them, so the queries cannot drown the labelled drawings).
+  membership: Ren et al.'s weights, scaled down when there are more queries than support
+  images so that all queries together weigh as much as the support set (one query per class, as
+  in Lake et al.'s runs, or fewer: unscaled; 15 per class: a fifteenth, so the queries cannot
+  drown the labelled drawings).
 """
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ def tt_head(model: FewShotModel, tt: TestTime, support_z: torch.Tensor, support_
             raise ValueError(f"transductive refinement needs a Prototypical head, not {type(model).__name__}")
         oh = one_hot(support_y, way, support_z.dtype)                       # [B, S, N]
         labels = torch.arange(way, device=support_z.device).expand(len(support_z), way)
-        balance = support_z.shape[1] / query_z.shape[1]  # all queries together weigh as much as the support set
+        # each query weighs at most 1, and all together at most as much as the support set
+        balance = min(1.0, support_z.shape[1] / query_z.shape[1])
         for _ in range(tt.transductive_steps):
             w = balance * torch.softmax(logits.float() / tt.transductive_temperature, -1).to(support_z.dtype)
             protos = (oh.transpose(1, 2) @ support_z + w.transpose(1, 2) @ query_z) \
