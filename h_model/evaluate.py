@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .data.imageset import ImageSet
 from .episodes import EpisodeSampler
 from .models import FewShotModel
+from .test_time import TestTime, parse_test_time, tta_embed, tt_head
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -28,29 +29,36 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.inference_mode()
-def embed_all(model: FewShotModel, data: ImageSet, device: str | torch.device, batch: int = 512) -> torch.Tensor:
-    """Every image's embedding ``[N, D]``, in eval mode (BatchNorm running statistics)."""
+def embed_all(model: FewShotModel, data: ImageSet, device: str | torch.device, batch: int = 512,
+              test_time: TestTime | None = None) -> torch.Tensor:
+    """Every image's embedding ``[N, D]``, in eval mode (BatchNorm running statistics),
+    averaged over ``test_time``'s augmented views when it has any."""
     was = model.training
     model.eval()
-    z = [model.embed(data.preprocess.normalize(data.images[i:i + batch].to(device)))
-         for i in range(0, len(data), batch)]
+    tt = test_time or TestTime()
+    z = [(tta_embed(model, x, tt, batch) if tt.augments else model.embed(x))
+         for x in (data.preprocess.normalize(data.images[i:i + batch].to(device)) for i in range(0, len(data), batch))]
     model.train(was)
     return torch.cat(z)
 
 
 def evaluate(model: FewShotModel, data: ImageSet, way: int, shot: int, query: int = 15, episodes: int = 1000,
              seed: int = 1234, device: str | torch.device = "cpu", embeddings: torch.Tensor | None = None,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, test_time: TestTime | None = None) -> dict[str, Any]:
     """Mean accuracy over ``episodes`` test episodes (fixed by ``seed``).
 
     When ``model.embeds_independently`` (every H-network variant), an image's eval-mode
     embedding does not depend on its episode, so every test image is embedded once
     (``embeddings``, computed here when not given) and each episode only runs the variant's
     head on gathered embeddings: identical results, hundreds of times cheaper. Other models
-    (MAML and kin) run ``model(...)`` on every episode.
+    (MAML and kin) run ``model(...)`` on every episode. ``test_time`` options
+    (:class:`h_model.test_time.TestTime`) need such a model; ``embeddings`` must then be its own.
     """
     fast = model.embeds_independently
-    z = (embed_all(model, data, device) if embeddings is None else embeddings) if fast else None
+    tt = test_time or TestTime()
+    if not fast and not tt.is_default:
+        raise ValueError(f"test-time options {tt.to_dict()} need a model that embeds images independently")
+    z = (embed_all(model, data, device, test_time=tt) if embeddings is None else embeddings) if fast else None
     images = way * (shot + query)
     # bound the head's largest intermediate (Siamese: [B, Q, S, D] pair differences) to ~200 MB
     pair_elems = way * query * way * shot * (z.shape[1] if fast else 1)
@@ -70,8 +78,8 @@ def evaluate(model: FewShotModel, data: ImageSet, way: int, shot: int, query: in
                     B = e.shape[0]
                     sy = labels.expand(B, way, shot).reshape(B, -1)
                     qy = labels.expand(B, way, query).reshape(B, -1)
-                    logits = model.head(e[:, :, :shot].reshape(B, way * shot, -1), sy,
-                                        e[:, :, shot:].reshape(B, way * query, -1), way)
+                    logits = tt_head(model, tt, e[:, :, :shot].reshape(B, way * shot, -1), sy,
+                                     e[:, :, shot:].reshape(B, way * query, -1), way)
             else:
                 with torch.no_grad():
                     ep = sampler.sample().to(device, data.preprocess)
@@ -108,18 +116,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=None, help="overrides the data root stored in the checkpoint")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--lake-runs", default=None, help="Lake et al. all_runs.zip (or its unpacked folder)")
+    ap.add_argument("--test-time", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="test-time options over the checkpoint's own (config 'test_time'), e.g. shift=1 "
+                         "rotate=10,-10 scale=0.9,1.1 center=true l2=true transductive_steps=3 "
+                         "transductive_temperature=1; 'none' first turns the checkpoint's off")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     a = ap.parse_args(argv)
     device = pick_device(a.device)
     try:
         model, config = load_checkpoint(a.checkpoint, device)
+        tt = parse_test_time(a.test_time, config.get("test_time"))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not tt.is_default:
+        print(f"test-time options: {tt.to_dict()}")
     if a.lake_runs:
         from .lake import evaluate_lake_runs, format_lake_table
         from .learner import Learner
-        res = evaluate_lake_runs(Learner(model, Preprocess.from_dict(config["preprocess"]), config, device), a.lake_runs)
+        res = evaluate_lake_runs(Learner(model, Preprocess.from_dict(config["preprocess"]), config, device, tt),
+                                 a.lake_runs)
         print(format_lake_table(res))
     else:
         data_cfg = dict(config.get("data", {}))
@@ -130,12 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         except DataNotFoundError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        res = evaluate(model, test, a.way, a.shot, a.query, a.episodes, a.seed, device, progress=True)
+        try:
+            res = evaluate(model, test, a.way, a.shot, a.query, a.episodes, a.seed, device, progress=True,
+                           test_time=tt)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"{a.way}-way {a.shot}-shot: {100 * res['accuracy']:.2f} +- {100 * res['ci95']:.2f} % "
               f"({a.episodes} episodes, {a.query} queries per class, test classes)")
     if a.json:
         from .checkpoint import write_json
-        write_json(a.json, res)
+        write_json(a.json, {**res, "test_time": tt.to_dict()})
     return 0
 
 

@@ -11,6 +11,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .models import FewShotModel
 from .preprocess import ImageInput, Preprocess, load_images
+from .test_time import TestTime, tta_embed, tt_head
 
 
 @dataclass
@@ -32,14 +33,17 @@ class Learner:
     """A trained few-shot model together with its own preprocessing.
 
     Images may be file paths, PIL images, numpy arrays or tensors; labels any hashable values.
+    ``test_time`` (default: the config's ``"test_time"`` entry) holds the test-time options
+    :meth:`predict` applies (:class:`h_model.test_time.TestTime`); set it to ``TestTime()`` for none.
     """
 
     def __init__(self, model: FewShotModel, preprocess: Preprocess, config: dict[str, Any] | None = None,
-                 device: str | torch.device | None = "auto") -> None:
+                 device: str | torch.device | None = "auto", test_time: TestTime | None = None) -> None:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.preprocess = preprocess
         self.config = config or {}
+        self.test_time = TestTime.from_dict(self.config.get("test_time")) if test_time is None else test_time
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = "auto") -> "Learner":
@@ -69,7 +73,14 @@ class Learner:
             raise ValueError("the support set needs at least two different labels")
         index = {c: i for i, c in enumerate(classes)}
         sy = torch.tensor([index[c] for c in support_labels], device=self.device)
-        logits = self.model(self.tensors(support_images), sy, self.tensors(query_images), way=len(classes))
+        tt = self.test_time
+        if tt.is_default:
+            logits = self.model(self.tensors(support_images), sy, self.tensors(query_images), way=len(classes))
+        else:
+            if not self.model.embeds_independently:
+                raise ValueError(f"test-time options {tt.to_dict()} need a model that embeds images independently")
+            sz, qz = (tta_embed(self.model, self.tensors(x), tt) for x in (support_images, query_images))
+            logits = tt_head(self.model, tt, sz[None], sy[None], qz[None], len(classes))[0]
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         return Prediction([classes[i] for i in probs.argmax(1)], probs, classes)
 

@@ -88,7 +88,26 @@ def split_background(bg: ImageSet, val_classes: int = 64, seed: int = 0,
                      rotations: tuple[int, ...] = ROTATIONS) -> tuple[ImageSet, ImageSet]:
     """(train, validation) from the background characters: ``val_classes`` seeded characters
     for validation, the rest for training, each rotation a class of its own."""
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(bg.num_classes, generator=g).tolist()
-    val_ids, train_ids = sorted(perm[:val_classes]), sorted(perm[val_classes:])
+    val_ids, train_ids = held_out_ids(bg.num_classes, val_classes, seed)
     return bg.subset(train_ids).with_rotations(rotations), bg.subset(val_ids).with_rotations(rotations)
+
+
+def held_out_ids(num_characters: int, val_classes: int = 64, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(validation, training) character indices into the sorted background characters."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(num_characters, generator=g).tolist()
+    return sorted(perm[:val_classes]), sorted(perm[val_classes:])
+
+
+def background_characters(folder: str | Path) -> list[str]:
+    """``Alphabet/character`` names of an ``images_background`` folder, in the order
+    :func:`load_omniglot_split` numbers them (so :func:`held_out_ids` indexes this list)."""
+    return [f"{c.parent.name}/{c.name}" for c in sorted(p for p in Path(folder).glob("*/*") if p.is_dir())]
+
+
+def validation_characters(folder: str | Path, val_classes: int = 64, seed: int = 0) -> list[str]:
+    """The background characters :func:`split_background` holds out for validation."""
+    names = background_characters(folder)
+    if not names:
+        raise ValueError(f"{folder} holds no <alphabet>/<character>/ folders")
+    return [names[i] for i in held_out_ids(len(names), val_classes, seed)[0]]

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Test-time options of a checkpoint chosen on within-alphabet runs of validation characters,
+then measured once on runs of the evaluation alphabets (Lake et al. 2015's protocol).
+
+    python benchmarks/tune_lake.py h_model/bundled/omniglot_proto_conv4 [--val-seeds 0 1 2 3 4] [--write]
+
+Validation runs: ``python -m h_model.lake make --validation`` (the 64 background characters the
+trainer holds out, with their rotations as classes), one file of 20 runs per ``--val-seeds``
+seed. Every candidate in ``CANDIDATES`` is scored by its mean error over all of them; the lowest
+(ties: the earlier, simpler one) that does not lower 5-way or 20-way 1-shot accuracy on
+``--val-episodes`` episodes of the validation classes is chosen, then measured on ``--eval-seeds`` files of runs from
+``images_evaluation`` (seed 0 is ``python -m h_model.lake make``'s default file), and on 1000
+5-way and 20-way 1-shot test episodes beside no options. With ``--write`` the choice becomes the
+checkpoint's ``"test_time"`` config entry, unless it lowers either test-episode figure. The run files go to ``--runs-dir`` (outside the repo).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+_TTA = [{"shift": [s]} for s in (0.5, 1, 2)] + [{"rotate": [r, -r]} for r in (5, 10, 15)] \
+    + [{"scale": [1 - s, 1 + s]} for s in (0.05, 0.1)] \
+    + [{"shift": [1], "rotate": [10, -10]}, {"shift": [1], "rotate": [5, -5]},
+       {"shift": [0.5, 1], "rotate": [5, -5, 10, -10]}, {"shift": [1], "rotate": [10, -10], "scale": [0.95, 1.05]}]
+_NORM = [{"l2": True}, {"center": True}, {"center": True, "l2": True}]
+_TRANS = [{"transductive_steps": n, "transductive_temperature": t} for n in (1, 3, 10) for t in (1, 10, 100)]
+CANDIDATES = [{}] + _TTA + _NORM + _TRANS \
+    + [{**a, **b} for a in (_TTA[1], _TTA[4], _TTA[8], _TTA[10]) for b in (_TRANS[4], _TRANS[5], _TRANS[7])]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint")
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--runs-dir", default="lake_runs")
+    ap.add_argument("--val-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--eval-seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--episodes", type=int, default=1000, help="test episodes per setting")
+    ap.add_argument("--val-episodes", type=int, default=500, help="validation episodes per setting")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lake.json"))
+    ap.add_argument("--write", action="store_true", help="store the choice in the checkpoint's config.json")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    from h_model.checkpoint import write_json
+    from h_model.data import load_splits
+    from h_model.data.omniglot import find_omniglot
+    from h_model.evaluate import evaluate
+    from h_model.lake import BPL_ERROR, HUMAN_ERROR, evaluate_lake_runs, make_lake_runs, make_validation_runs, read_lake_runs
+    from h_model.learner import Learner
+    from h_model.runtime import cpu_description
+    from h_model.test_time import TestTime
+
+    torch.set_num_threads(a.threads)
+    learner = Learner.load(a.checkpoint, "cpu")
+    runs_dir = Path(a.runs_dir)
+    bg, ev = (find_omniglot(a.data_root, s, download=False) for s in ("background", "evaluation"))
+    val = [r for s in a.val_seeds for r in read_lake_runs(make_validation_runs(bg, runs_dir / f"val_seed{s}.zip", seed=s))]
+    test = [r for s in a.eval_seeds for r in read_lake_runs(make_lake_runs(ev, runs_dir / f"eval_seed{s}.zip", seed=s))]
+
+    def lake(tt: TestTime, runs) -> float:
+        learner.test_time = tt
+        return evaluate_lake_runs(learner, runs)["mean_error"]
+
+    out: dict = {"checkpoint": str(a.checkpoint), "cpu": cpu_description(), "threads": a.threads,
+                 "validation_runs": len(val), "validation_seeds": a.val_seeds, "evaluation_runs": len(test),
+                 "evaluation_seeds": a.eval_seeds, "human_error": HUMAN_ERROR, "bpl_error": BPL_ERROR,
+                 "validation": []}
+    for c in CANDIDATES:
+        t0 = time.perf_counter()
+        err = lake(TestTime.from_dict(c), val)
+        out["validation"].append({"test_time": c, "mean_error": err})
+        print(f"validation {err:5.2f} %  {c}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    cfg = json.loads((Path(a.checkpoint) / "config.json").read_text())
+    data = dict(cfg["data"])
+    if a.data_root:
+        data["data_root"] = a.data_root
+    _, val_set, test_set = load_splits(data.pop("name"), **data)
+
+    def episodes(tt: TestTime, data_set, n: int, seed: int) -> dict:
+        return {f"{w}w1s": evaluate(learner.model, data_set, w, 1, episodes=n, seed=seed, test_time=tt) for w in (5, 20)}
+
+    # the lowest validation-run error (first of equals: the simpler) that keeps the validation
+    # classes' 5-way and 20-way 1-shot episode accuracy at least that of no options
+    plain = episodes(TestTime(), val_set, a.val_episodes, 99)
+    out["validation_episodes"] = {"none": plain}
+    best = None
+    for r in sorted(out["validation"], key=lambda r: r["mean_error"]):
+        ep = episodes(TestTime.from_dict(r["test_time"]), val_set, a.val_episodes, 99)
+        out["validation_episodes"][json.dumps(r["test_time"])] = ep
+        ok = all(ep[k]["accuracy"] >= plain[k]["accuracy"] for k in ep)
+        print(f"validation episodes {r['test_time']}: " + ", ".join(
+            f"{k} {100 * ep[k]['accuracy']:.2f} % (none {100 * plain[k]['accuracy']:.2f})" for k in ep)
+            + ("" if ok else ": lower, skipped"), flush=True)
+        if ok:
+            best = r
+            break
+    chosen = TestTime.from_dict(best["test_time"])
+    out["chosen"] = best
+    out["evaluation"] = {"none": lake(TestTime(), test), "chosen": lake(chosen, test)}
+    print(f"chosen {best['test_time']}: validation {best['mean_error']:.2f} %, evaluation runs "
+          f"{out['evaluation']['chosen']:.2f} % (no options: {out['evaluation']['none']:.2f} %; "
+          f"people {HUMAN_ERROR} %, BPL {BPL_ERROR} %)", flush=True)
+
+    learner_dir = Path(a.checkpoint)
+    out["episodes"] = {}
+    for name, tt in (("none", TestTime()), ("chosen", chosen)):
+        for way in (5, 20):
+            r = evaluate(learner.model, test_set, way, 1, episodes=a.episodes, test_time=tt)
+            out["episodes"][f"{name}_{way}w1s"] = r
+            print(f"{name}: {way}-way 1-shot {100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f} %", flush=True)
+    worse = [k for k in ("5w1s", "20w1s") if out["episodes"][f"chosen_{k}"]["accuracy"]
+             < out["episodes"][f"none_{k}"]["accuracy"]]
+    out["test_episodes_worse"] = worse
+    write_json(a.out, out)
+    if a.write and worse:
+        print(f"not written: the choice lowers test {', '.join(worse)} accuracy")
+    elif a.write:
+        cfg["test_time"] = chosen.to_dict()
+        write_json(learner_dir / "config.json", cfg)
+        print(f"wrote test_time {chosen.to_dict()} to {learner_dir / 'config.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
