@@ -70,10 +70,12 @@ def verification_report(model: FewShotModel, val_set: ImageSet, test_set: ImageS
 
 
 def calibrate_checkpoint(run_dir: str | Path, model: FewShotModel, val_set: ImageSet, test_set: ImageSet,
-                         device: str | torch.device, far: float = 1e-3, margin: float = 0.2) -> dict[str, Any]:
+                         device: str | torch.device, far: float = 1e-3, margin: float = 0.2,
+                         alignment: str = "eyes") -> dict[str, Any]:
     """:func:`verification_report`, with the threshold and crop settings written into the checkpoint."""
     report = verification_report(model, val_set, test_set, device, far)
-    save_threshold(run_dir, report["threshold"], far, crop_size=int(val_set.preprocess.size[0]), margin=margin,
+    extra = {} if alignment == "eyes" else {"alignment": alignment}
+    save_threshold(run_dir, report["threshold"], far, crop_size=int(val_set.preprocess.size[0]), margin=margin, **extra,
                    test_accuracy=report["accuracy"],
                    test_tar_at_far={k: v["tar"] for k, v in report["tar_at_far"].items()})
     return report
