@@ -44,7 +44,13 @@ def conv_bn_prelu(cin: int, cout: int, kernel: int, stride: int = 1, groups: int
 
 
 class SFace(nn.Module):
-    """SFace's network: ``[N, 3, 112, 112]`` normalised RGB -> ``[N, dim]`` (not L2-normalised)."""
+    """SFace's network: ``[N, 3, 112, 112]`` normalised RGB -> ``[N, dim]`` (not L2-normalised).
+
+    ``input_norm`` is the normalisation the published weights expect (``(pixel - 127.5) / 128``
+    on 0..255 RGB, as ``mean``/``std`` on 0..1); the trainer feeds the backbone with it.
+    """
+
+    input_norm = {"mean": (0.5, 0.5, 0.5), "std": (128 / 255,) * 3}
 
     def __init__(self, dim: int = 128, input_size: int = 112, dropout: float = 0.0) -> None:
         super().__init__()
@@ -73,7 +79,8 @@ def sface(in_channels: int = 3, input_size: int = 112, dim: int = 128, dropout: 
     if weights_path:
         path = Path(weights_path).expanduser()
         if path.suffix.lower() == ".onnx":
-            state = read_onnx(path)[0]
+            state, info = read_onnx(path)
+            net.input_norm = {"mean": tuple(info["mean"]), "std": tuple(info["std"])}
         else:
             from safetensors.torch import load_file
 
