@@ -158,13 +158,16 @@ class FaceDetector:
     ``pad_retry``: when nothing is found, detect once more on the image padded by this fraction
     of its longer side (tightly cropped faces, e.g. Extended Yale B, are found that way); 0 turns
     it off. ``min_prob``: drop detections below this MTCNN probability.
+
+    ``yunet_model``: detect with YuNet instead (OpenCV Zoo's ``face_detection_yunet_*.onnx``, run by
+    OpenCV's ``FaceDetectorYN``; the file does not ship with h_model): the same boxes, 5 landmarks
+    (in MTCNN's order) and crops; ``yunet_score`` is its confidence threshold.
     """
 
     def __init__(self, crop_size: int = 160, margin: float = 0.2, min_face_size: int = 20,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_side: int = 1280, pad_retry: float = 0.25,
-                 min_prob: float = 0.0, alignment: str = "eyes", device: str | torch.device = "cpu") -> None:
-        from facenet_pytorch import MTCNN
-
+                 min_prob: float = 0.0, alignment: str = "eyes", yunet_model: str | Path | None = None,
+                 yunet_score: float = 0.6, device: str | torch.device = "cpu") -> None:
         if crop_size < 8 or margin < 0 or max_side < 32:
             raise ValueError("need crop_size >= 8, margin >= 0 and max_side >= 32")
         if alignment not in ALIGNMENTS:
@@ -172,8 +175,16 @@ class FaceDetector:
         self.alignment = alignment
         self.crop_size, self.margin, self.max_side = int(crop_size), float(margin), int(max_side)
         self.pad_retry, self.min_prob, self.min_face_size = float(pad_retry), float(min_prob), int(min_face_size)
-        self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
-                           device=torch.device(device))
+        self.mtcnn = self.yunet = None
+        if yunet_model is None:
+            from facenet_pytorch import MTCNN
+
+            self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
+                               device=torch.device(device))
+        else:
+            if not Path(yunet_model).is_file():
+                raise FileNotFoundError(f"no YuNet model at {yunet_model} (face_detection_yunet_*.onnx from OpenCV Zoo)")
+            self.yunet = cv2.FaceDetectorYN.create(str(yunet_model), "", (320, 320), float(yunet_score), 0.3, 5000)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -182,6 +193,8 @@ class FaceDetector:
         out: dict[str, Any] = {"crop_size": self.crop_size, "margin": self.margin}
         if self.alignment != "eyes":
             out["alignment"] = self.alignment
+        if self.yunet is not None:
+            out["detector"] = "yunet"
         return out
 
     def detect(self, image: ImageInput) -> list[Face]:
@@ -233,6 +246,11 @@ class FaceDetector:
         for i, im in enumerate(imgs):
             if min(im.size) >= max(self.min_face_size, 12):  # smaller: MTCNN's pyramid is empty
                 groups.setdefault(im.size, []).append(i)
+        if self.yunet is not None:
+            for idx in groups.values():
+                for i in idx:
+                    out[i] = self._yunet(imgs[i])
+            return out
         for idx in groups.values():
             boxes, probs, points = self.mtcnn.detect([imgs[i] for i in idx], landmarks=True)
             for j, i in enumerate(idx):
@@ -245,6 +263,21 @@ class FaceDetector:
                 if keep.any():
                     out[i] = (b[keep], p[keep], lm[keep])
         return out
+
+    def _yunet(self, img: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """YuNet's (boxes, scores, landmarks) of one RGB image, or None."""
+        bgr = np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+        self.yunet.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, found = self.yunet.detect(bgr)
+        if found is None or len(found) == 0:
+            return None
+        found = np.asarray(found, np.float32)
+        keep = found[:, 14] >= self.min_prob
+        if not keep.any():
+            return None
+        f = found[keep]
+        boxes = np.stack([f[:, 0], f[:, 1], f[:, 0] + f[:, 2], f[:, 1] + f[:, 3]], 1)
+        return boxes, f[:, 14], f[:, 4:14].reshape(-1, 5, 2)
 
     def _detect_padded(self, imgs: list[Image.Image]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
         padded, pads = [], []

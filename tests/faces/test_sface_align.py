@@ -80,3 +80,22 @@ def test_real_photo_crop_puts_the_eyes_on_the_template(face_photo) -> None:
     mapped = face.landmarks @ m[:, :2].T + m[:, 2]
     assert np.abs(mapped[:2] - FIVE_POINT_TEMPLATE[:2]).max() < 4  # eyes within a few pixels
     assert face.crop.size == (112, 112)
+
+
+def test_yunet_detector_finds_the_same_face(face_photo) -> None:
+    from pathlib import Path
+
+    from h_model.faces import FaceDetector
+
+    yunet = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "opencv_zoo" / \
+        "face_detection_yunet_2023mar_int8bq.onnx"
+    if not yunet.is_file():
+        pytest.skip(f"the YuNet ONNX file is not at {yunet}")
+    y = FaceDetector(crop_size=112, alignment="five_point", yunet_model=yunet)
+    assert y.settings["detector"] == "yunet" and y.mtcnn is None
+    fy = y.detect(face_photo)[0]
+    fm = FaceDetector(crop_size=112, alignment="five_point").detect(face_photo)[0]
+    assert np.abs(fy.landmarks - fm.landmarks).max() < 10  # the two detectors agree within a few pixels
+    assert fy.crop.size == (112, 112) and 0.6 <= fy.prob <= 1.0
+    with pytest.raises(FileNotFoundError, match="no YuNet model"):
+        FaceDetector(yunet_model=yunet.parent / "missing.onnx")
