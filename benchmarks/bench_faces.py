@@ -128,18 +128,25 @@ def onnx_reference(e: Embedder, onnx_path: str, crops: torch.Tensor) -> dict[str
             "cosine_mean": float(cos.mean())}
 
 
-def reused(spec: str, files: dict[str, Path]) -> tuple[str, dict[str, Any]]:
+def reused(spec: str, files: dict[str, Path], data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``JSON:NAME`` -> (NAME, its results) when the earlier run's pair lists equal this run's."""
     path, _, name = spec.partition(":")
     old = json.loads(Path(path).read_text())
     if name not in old["results"]:
         raise SystemExit(f"{path} has no embedder {name!r} (it has {sorted(old['results'])})")
+    check = "identical"
     for k, mine in files.items():
         theirs = Path(old["data"]["pair_files"][k])
         theirs = theirs if theirs.is_absolute() else REPO / theirs
-        if not theirs.is_file() or theirs.read_text() != mine.read_text():
-            raise SystemExit(f"cannot reuse {name} from {path}: its {k} pair list {theirs} differs from {mine}")
-    return name, {**old["results"][name], "reused_from": {"file": path, "pair_lists": "identical",
+        if theirs.is_file():
+            if theirs.read_text() != mine.read_text():
+                raise SystemExit(f"cannot reuse {name} from {path}: its {k} pair list {theirs} differs from {mine}")
+        else:  # the pair files of that run were not kept: the pairs are a function of the photos and the seed
+            keys = ("test_crops", "test_identities", "seed", "test_sets", "pair_lists")
+            if any(old["data"].get(x) != data[x] for x in keys):
+                raise SystemExit(f"cannot reuse {name} from {path}: its split differs ({keys})")
+            check = "same photos, identities, seed and pair counts (its pair files were not kept)"
+    return name, {**old["results"][name], "reused_from": {"file": path, "pair_lists": check,
                                                           "machine": old.get("machine")}}
 
 
@@ -413,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     for spec in a.reuse:
-        name, r = reused(spec, files)
+        name, r = reused(spec, files, data)
         results[name] = r
         print(f"\n== {name} == reused from {r['reused_from']['file']} (identical pair lists)", flush=True)
     for e in embedders:

@@ -455,7 +455,8 @@ def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes
 
         results["verification"] = calibrate_checkpoint(out, model, val_set, test_set, device, cfg.face_far,
                                                        margin=float(cfg.data_kwargs.get("margin", 0.2)),
-                                                       alignment=str(cfg.data_kwargs.get("alignment", "eyes")))
+                                                       alignment=str(cfg.data_kwargs.get("alignment", "eyes")),
+                                                       test_embeddings=z)
     write_json(out / "results.json", results)
     try:
         plot_curves(out / "metrics.csv", out / "curves.png", title=f"{cfg.variant} / {cfg.backbone} / {cfg.dataset}")

@@ -30,6 +30,9 @@ sys.path.insert(0, str(REPO))
 def drop_machine_paths(train: dict) -> None:
     """A training config without the paths of the machine it ran on (face pack, teacher file)."""
     pack = train.get("data_kwargs", {}).pop("pack", None)
+    weights = train.get("backbone_kwargs", {}).pop("weights_path", None)
+    if weights:
+        train["backbone_weights"] = Path(weights).name
     train["data_root"] = None
     if train.get("teacher") == "precomputed":  # name the teacher whose embeddings the pack carried
         teacher_file = train.get("teacher_kwargs", {}).pop("file", None)
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         way, shot = parse_setting(s)
         res[s] = evaluate(model, test, way, shot, 5, 1000, device="cpu", embeddings=z)
     res["verification"] = calibrate_checkpoint(dst, model, val, test, "cpu", a.far, margin=d["margin"],
-                                               alignment=alignment)
+                                               alignment=alignment, test_embeddings=z)
     if pack:
         res["note"] = ("trained from a face pack (WebP crops); these figures are measured on the original "
                        "crops, and the threshold calibrated on them")
