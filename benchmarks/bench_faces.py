@@ -129,8 +129,9 @@ def onnx_reference(e: Embedder, onnx_path: str, crops: torch.Tensor) -> dict[str
 
 
 def reused(spec: str, files: dict[str, Path], data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """``JSON:NAME`` -> (NAME, its results) when the earlier run's pair lists equal this run's."""
+    """``JSON:NAME[=LABEL]`` -> (LABEL or NAME, its results) when the earlier run's pair lists equal this run's."""
     path, _, name = spec.partition(":")
+    name, _, label = name.partition("=")
     old = json.loads(Path(path).read_text())
     if name not in old["results"]:
         raise SystemExit(f"{path} has no embedder {name!r} (it has {sorted(old['results'])})")
@@ -146,7 +147,7 @@ def reused(spec: str, files: dict[str, Path], data: dict[str, Any]) -> tuple[str
             if any(old["data"].get(x) != data[x] for x in keys):
                 raise SystemExit(f"cannot reuse {name} from {path}: its split differs ({keys})")
             check = "same photos, identities, seed and pair counts (its pair files were not kept)"
-    return name, {**old["results"][name], "reused_from": {"file": path, "pair_lists": check,
+    return label or name, {**old["results"][name], "reused_from": {"file": path, "name": name, "pair_lists": check,
                                                           "machine": old.get("machine")}}
 
 
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default="benchmarks/results/faces.json")
     ap.add_argument("--onnx-reference", help="ONNX file of the first model: compare its embeddings with onnxruntime's")
-    ap.add_argument("--reuse", action="append", default=[], metavar="JSON:NAME",
+    ap.add_argument("--reuse", action="append", default=[], metavar="JSON:NAME[=LABEL]",
                     help="take NAME's figures from an earlier results file whose pair lists are identical")
     a = ap.parse_args(argv)
     if not a.model and not a.teacher:

@@ -63,9 +63,12 @@ class SFace(nn.Module):
         side = input_size // 16
         self.head = nn.Sequential(nn.BatchNorm2d(1024, eps=HEAD_BN_EPS), nn.Dropout(dropout), nn.Flatten(),
                                   nn.Linear(1024 * side * side, dim), nn.BatchNorm1d(dim, eps=HEAD_BN_EPS))
+        self.features.to(memory_format=torch.channels_last)  # about 1.5x faster on the CPU
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        # back to the standard layout before Flatten, so the linear layer sees ONNX's (C, H, W) order
+        z = self.features(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return self.head(z)
 
 
 @BACKBONES.register("sface")
