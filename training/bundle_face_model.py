@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         m["path"] = Path(m["path"]).name
     if a.flip_embed:
         cfg["model"].setdefault("model_kwargs", {})["flip_embed"] = True
+    if a.float16 and "source" in cfg:
+        cfg["source"]["stored_as"] = "float16"
     write_json(dst / "config.json", cfg)
     if a.float16:
         from safetensors.torch import load_file, save_file
