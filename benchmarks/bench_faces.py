@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in a.reuse:
         name, r = reused(spec, files, data)
         results[name] = r
-        print(f"\n== {name} == reused from {r['reused_from']['file']} (identical pair lists)", flush=True)
+        print(f"\n== {name} == reused from {r['reused_from']['file']} ({r['reused_from']['pair_lists']})", flush=True)
     for e in embedders:
         print(f"\n== {e.name} ==", flush=True)
         val, test = splits_for(align_of(e)) if e.verifier is not None else splits_for(align)
