@@ -147,8 +147,10 @@ def reused(spec: str, files: dict[str, Path], data: dict[str, Any]) -> tuple[str
             if any(old["data"].get(x) != data[x] for x in keys):
                 raise SystemExit(f"cannot reuse {name} from {path}: its split differs ({keys})")
             check = "same photos, identities, seed and pair counts (its pair files were not kept)"
+    via = old["results"][name].get("reused_from")
     return label or name, {**old["results"][name], "reused_from": {"file": path, "name": name, "pair_lists": check,
-                                                          "machine": old.get("machine")}}
+                                                                   "machine": old.get("machine"),
+                                                                   **({"via": via} if via else {})}}
 
 
 def members_of(data: ImageSet) -> dict[str, list[int]]:
@@ -351,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default="benchmarks/results/faces.json")
+    ap.add_argument("--latency-only", action="store_true", help="measure only the speed figures")
     ap.add_argument("--onnx-reference", help="ONNX file of the first model: compare its embeddings with onnxruntime's")
     ap.add_argument("--reuse", action="append", default=[], metavar="JSON:NAME[=LABEL]",
                     help="take NAME's figures from an earlier results file whose pair lists are identical")
@@ -427,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     for e in embedders:
         print(f"\n== {e.name} ==", flush=True)
         val, test = splits_for(align_of(e)) if e.verifier is not None else splits_for(align)
+        if a.latency_only:
+            results[e.name] = {"kind": e.kind, "model_id": e.model_id, "info": e.info,
+                               "speed": speed(e, detector, jpeg, test.images[:32].contiguous(), a.latency_runs)}
+            print(json.dumps(results[e.name]["speed"], indent=1), flush=True)
+            continue
         t0 = time.perf_counter()
         z_raw = e.embed(test.images)
         ms_per_crop = 1e3 * (time.perf_counter() - t0) / len(test)
@@ -460,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
                        "cpu_median_ms is this process's CPU time). ms_per_crop is the batched embedding of all "
                        "test crops. Identification ranks with the model's head (teachers: prototype cosine).",
               "seconds": time.perf_counter() - t_start}
-    print("\n" + tables(results))
+    if not a.latency_only:
+        print("\n" + tables(results))
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {a.out}")
     return 0
