@@ -201,3 +201,22 @@ def test_backbone_weights_from_onnx_or_checkpoint(port, sface_file: Path, tmp_pa
         assert torch.equal(b.head[3].weight, net.head[3].weight)
     with pytest.raises(FileNotFoundError, match="no sface weights"):
         create_backbone("sface", weights_path=str(tmp_path / "nothing"))
+
+
+def test_bundled_model_is_the_port_and_separates_real_people(real_crops: torch.Tensor) -> None:
+    from h_model.bundled import bundled_path
+    from h_model.faces import FaceVerifier
+
+    path = bundled_path("faces")
+    assert "Apache License" in (path / "LICENSE").read_text() and "SFace" in (path / "NOTICE").read_text()
+    v = FaceVerifier.load(None, device="cpu")
+    cfg = v.learner.config
+    assert cfg["model"]["backbone"] == "sface" and cfg["source"]["sha256"] == SFACE_SHA256
+    assert v.detector.settings == {"crop_size": 112, "margin": 0.0, "alignment": "five_point"}
+    assert 0.2 < v.threshold < 0.6 and v.far == pytest.approx(1e-3)
+    z = v.embed_crops(list(real_crops))  # 4 people x 2 photos, in order
+    sims = z @ z.T
+    person = np.arange(8) // 2
+    same = sims[(person[:, None] == person[None]) & ~np.eye(8, dtype=bool)]
+    diff = sims[person[:, None] != person[None]]
+    assert same.min() > v.threshold > diff.max()  # every pair decided right at the calibrated threshold
