@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Face verification, identification and latency of face checkpoints (and pretrained teachers).
 
-All embedders see the same MTCNN-aligned crops of the held-out identities: the test split of
-:func:`h_model.data.faces_splits` (identity-disjoint, drawn per set, seed 0), aligned as the first
-model's config says (crop size, margin).
+All embedders see the same photos of the held-out identities: the test split of
+:func:`h_model.data.faces_splits` (identity-disjoint, drawn per set, seed 0), detected by MTCNN and
+aligned as each model's config says (crop size, margin, alignment: "eyes" or "five_point");
+teachers get the first model's crops. The photos, and so the pairs, are the same for every
+alignment (detection does not depend on it; the run checks this).
 
 - Verification: LFW View-2 style pairs over those crops, identities disjoint across the 10 folds,
   ``--pairs`` per list (when the identities allow): one list over all sets, one over the in-the-wild
@@ -21,8 +23,17 @@ model's config says (crop size, margin).
   JPEG (a real celeba_subset photo scaled onto a 640x480 canvas; decode included; median of
   ``--latency-runs``), and embedding throughput at batch 32.
 
+- ``--onnx-reference FILE``: the cosine between the first model's embeddings and onnxruntime's
+  (the ONNX file the model was converted from) of the first 200 test crops.
+- ``--reuse JSON:NAME``: copy embedder NAME's figures from an earlier results file of this
+  benchmark instead of measuring it again, when that file's pair lists are identical to this run's
+  (checked line by line); the entry records where it came from.
+
     python benchmarks/bench_faces.py --model runs/faces/best [--model runs/student ...] \\
         [--name scratch --name distilled] [--teacher dlib] [--pairs 3000] [--out benchmarks/results/faces.json]
+    python benchmarks/bench_faces.py --model h_model/bundled/faces_default --name sface --threads 2 \\
+        --onnx-reference ../shared/models/opencv_zoo/face_recognition_sface_2021dec_int8bq.onnx \\
+        --reuse benchmarks/results/faces.json:teacher:dlib --out benchmarks/results/faces_sface.json
 """
 from __future__ import annotations
 
@@ -96,6 +107,52 @@ def teacher_embedder(name: str, margin: float) -> Embedder | None:
 
 
 # -- pairs ---------------------------------------------------------------------------------------
+def align_of(e: Embedder) -> dict[str, Any]:
+    return dict(e.verifier.detector.settings)
+
+
+def onnx_reference(e: Embedder, onnx_path: str, crops: torch.Tensor) -> dict[str, Any]:
+    """Cosine between ``e``'s embeddings and onnxruntime's of the same crops (0..255 RGB into the graph)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
+    unused = {i.name: np.zeros(i.shape, np.float32) for i in sess.get_inputs()
+              if i.name != "data" and not i.name.startswith("scalar_op")}
+    out = sess.get_outputs()[0].name
+    ref = np.concatenate([sess.run([out], {**unused, "data": crops[i:i + 1].float().numpy()})[0]
+                          for i in range(len(crops))])
+    cos = np.einsum("ij,ij->i", l2_normalize(e.embed(crops)), l2_normalize(ref))
+    return {"file": Path(onnx_path).name, "crops": len(crops), "cosine_min": float(cos.min()),
+            "cosine_mean": float(cos.mean())}
+
+
+def reused(spec: str, files: dict[str, Path], data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``JSON:NAME[=LABEL]`` -> (LABEL or NAME, its results) when the earlier run's pair lists equal this run's."""
+    path, _, name = spec.partition(":")
+    name, _, label = name.partition("=")
+    old = json.loads(Path(path).read_text())
+    if name not in old["results"]:
+        raise SystemExit(f"{path} has no embedder {name!r} (it has {sorted(old['results'])})")
+    check = "identical"
+    for k, mine in files.items():
+        theirs = Path(old["data"]["pair_files"][k])
+        theirs = theirs if theirs.is_absolute() else REPO / theirs
+        if theirs.is_file():
+            if theirs.read_text() != mine.read_text():
+                raise SystemExit(f"cannot reuse {name} from {path}: its {k} pair list {theirs} differs from {mine}")
+        else:  # the pair files of that run were not kept: the pairs are a function of the photos and the seed
+            keys = ("test_crops", "test_identities", "seed", "test_sets", "pair_lists")
+            if any(old["data"].get(x) != data[x] for x in keys):
+                raise SystemExit(f"cannot reuse {name} from {path}: its split differs ({keys})")
+            check = "same photos, identities, seed and pair counts (its pair files were not kept)"
+    via = old["results"][name].get("reused_from")
+    return label or name, {**old["results"][name], "reused_from": {"file": path, "name": name, "pair_lists": check,
+                                                                   "machine": old.get("machine"),
+                                                                   **({"via": via} if via else {})}}
+
+
 def members_of(data: ImageSet) -> dict[str, list[int]]:
     """Identity name (whitespace -> '_', as in pair files) -> its crop rows in ``data``."""
     out: dict[str, list[int]] = {}
@@ -235,6 +292,18 @@ def speed(e: Embedder, detector: FaceDetector, jpeg: bytes, crops32: torch.Tenso
             "batch32_embed": t, "batch32_crops_per_s": 32e3 / t["median_ms"]}
 
 
+def cpu_model() -> dict[str, Any]:
+    """The CPU's model name and the vector/matrix flags that decide its speed (Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"model": platform.processor()}
+    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    keep = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
+    return {"model": name, "flags": keep}
+
+
 # -- report --------------------------------------------------------------------------------------
 def fmt(x: float | None, pct: bool = True, nd: int = 2) -> str:
     if x is None:
@@ -284,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-runs", type=int, default=30)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", default="benchmarks/results/faces.json")
+    ap.add_argument("--latency-only", action="store_true", help="measure only the speed figures")
+    ap.add_argument("--onnx-reference", help="ONNX file of the first model: compare its embeddings with onnxruntime's")
+    ap.add_argument("--reuse", action="append", default=[], metavar="JSON:NAME[=LABEL]",
+                    help="take NAME's figures from an earlier results file whose pair lists are identical")
     a = ap.parse_args(argv)
     if not a.model and not a.teacher:
         ap.error("give at least one --model or --teacher")
@@ -294,11 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     names = a.name + [Path(p).resolve().name if Path(p).is_dir() else Path(p).resolve().parent.name
                       for p in a.model[len(a.name):]]
     embedders = [model_embedder(p, n) for p, n in zip(a.model, names)]
-    align = embedders[0].verifier.detector.settings if embedders else {"crop_size": 112, "margin": 0.2}
-    for e in embedders[1:]:
-        if e.verifier.detector.settings != align:
-            print(f"note: {e.name} was trained on {e.verifier.detector.settings} crops; it gets the shared "
-                  f"{align} crops (resized by its preprocessing)", flush=True)
+    align = align_of(embedders[0]) if embedders else {"crop_size": 112, "margin": 0.2}
     for t in a.teacher:
         te = teacher_embedder(t, align["margin"])
         if te is not None:
@@ -308,8 +377,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     root = Path(a.data_root).expanduser().resolve() if a.data_root else default_data_root()
-    print(f"aligned crops of {root} ({align}) ...", flush=True)
-    _, val, test = faces_splits(root, image_size=int(align["crop_size"]), margin=float(align["margin"]), seed=a.seed)
+    crops: dict[str, tuple[ImageSet, ImageSet]] = {}
+
+    def splits_for(settings: dict[str, Any]) -> tuple[ImageSet, ImageSet]:
+        """(validation, test) crops aligned by ``settings``; the same photos as the first alignment's."""
+        key = json.dumps(settings, sort_keys=True)
+        if key not in crops:
+            print(f"aligned crops of {root} ({settings}) ...", flush=True)
+            _, v, t = faces_splits(root, image_size=int(settings["crop_size"]), margin=float(settings["margin"]),
+                                   seed=a.seed, alignment=settings.get("alignment", "eyes"))
+            if crops:
+                v0, t0 = next(iter(crops.values()))
+                if v.sources != v0.sources or t.sources != t0.sources:
+                    raise SystemExit(f"the {settings} crops come from other photos than the {align} ones")
+            crops[key] = (v, t)
+        return crops[key]
+
+    val, test = splits_for(align)
     members, val_members = members_of(test), members_of(val)
     lists = {"all": build_pairs(members, a.pairs, a.folds, a.seed),
              "wild": build_pairs(members, a.pairs, a.folds, a.seed, WILD_SETS)}
@@ -337,11 +421,20 @@ def main(argv: list[str] | None = None) -> int:
     detector = embedders[0].verifier.detector if embedders[0].verifier else FaceDetector(**align)
     wild_rows = [r for n, rows in members.items() if n.split("/")[0] == "celeba_subset" for r in rows]
     jpeg = photo_640x480(test.sources[wild_rows[0]])
-    crops32 = test.images[:32].contiguous()
 
     results: dict[str, Any] = {}
+    for spec in a.reuse:
+        name, r = reused(spec, files, data)
+        results[name] = r
+        print(f"\n== {name} == reused from {r['reused_from']['file']} ({r['reused_from']['pair_lists']})", flush=True)
     for e in embedders:
         print(f"\n== {e.name} ==", flush=True)
+        val, test = splits_for(align_of(e)) if e.verifier is not None else splits_for(align)
+        if a.latency_only:
+            results[e.name] = {"kind": e.kind, "model_id": e.model_id, "info": e.info,
+                               "speed": speed(e, detector, jpeg, test.images[:32].contiguous(), a.latency_runs)}
+            print(json.dumps(results[e.name]["speed"], indent=1), flush=True)
+            continue
         t0 = time.perf_counter()
         z_raw = e.embed(test.images)
         ms_per_crop = 1e3 * (time.perf_counter() - t0) / len(test)
@@ -351,27 +444,32 @@ def main(argv: list[str] | None = None) -> int:
         thresholds = {"config": e.config_threshold, "val_far_1e-3": t_val}
         r: dict[str, Any] = {"kind": e.kind, "model_id": e.model_id, "info": e.info, "dim": int(z.shape[1]),
                              "ms_per_crop": ms_per_crop, "thresholds": thresholds}
+        if a.onnx_reference and e is embedders[0]:
+            r["onnx_reference"] = onnx_reference(e, a.onnx_reference, test.images[:200])
+            print(f"vs onnxruntime: {r['onnx_reference']}", flush=True)
         r["verification"] = {k: verification(z, pl, members) for k, pl in lists.items()}
         for k, v in r["verification"].items():
             print(f"{k}: accuracy {100 * v['accuracy_mean']:.2f} ± {100 * v['accuracy_std']:.2f} %, AUC {v['auc']:.4f}, "
                   f"TAR@1e-3 {100 * v['tar_at_far']['0.001']['tar']:.2f} %", flush=True)
         r["identification"] = identification(e, z_raw, members, a.enroll, a.seed, thresholds)
         print(f"rank-1 {r['identification']['rank1']:.4f}, {r['identification']['at_threshold']}", flush=True)
-        r["speed"] = speed(e, detector, jpeg, crops32, a.latency_runs)
+        r["speed"] = speed(e, detector, jpeg, test.images[:32].contiguous(), a.latency_runs)
         print(f"photo 640x480: {r['speed']['photo_640x480_detect_align_embed']['median_ms']:.1f} ms median; "
               f"{r['speed']['batch32_crops_per_s']:.0f} crops/s at batch 32", flush=True)
         results[e.name] = r
 
     report = {"benchmark": "faces", "data": data, "results": results,
-              "targets": {"accuracy": 0.90, "photo_latency_ms_median": 150.0},
-              "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+              "targets": {"accuracy_all_above_teacher_dlib": 0.9457, "accuracy_wild_above_teacher_dlib": 0.9417,
+                          "tar_at_far_1e-3": 0.90, "rank1": 0.95, "photo_latency_ms_median": 100.0},
+              "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
                           "platform": platform.platform(), "torch": torch.__version__,
                           "load_average": os.getloadavg()},
               "notes": "Latencies are wall-clock on this machine (shared: other jobs' load inflates them; "
                        "cpu_median_ms is this process's CPU time). ms_per_crop is the batched embedding of all "
                        "test crops. Identification ranks with the model's head (teachers: prototype cosine).",
               "seconds": time.perf_counter() - t_start}
-    print("\n" + tables(results))
+    if not a.latency_only:
+        print("\n" + tables(results))
     Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {a.out}")
     return 0

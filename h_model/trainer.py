@@ -83,6 +83,8 @@ class TrainConfig:
     distill_embed: float = 1.0  # weight of the embedding-matching term
     distill_relation: float = 1.0  # weight of the pairwise-similarity (relational) term
     face_far: float = 1e-3  # face runs: false-accept rate at which the threshold is calibrated
+    backbone_lr_scale: float = 1.0  # fine-tuning: the backbone learns at lr * this (the head at lr)
+    freeze_bn: bool = False  # fine-tuning: BatchNorm layers keep their running statistics (eval mode)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -97,6 +99,8 @@ class TrainConfig:
             raise ValueError("siamese training needs train_shot >= 1")
         if self.lr_schedule not in ("step", "cosine", "constant"):
             raise ValueError("lr_schedule must be step, cosine or constant")
+        if self.backbone_lr_scale < 0:
+            raise ValueError(f"backbone_lr_scale must be >= 0, got {self.backbone_lr_scale}")
         for s in self.eval_settings:
             parse_setting(s)
 
@@ -222,6 +226,13 @@ def train(cfg: TrainConfig, monitor: Monitor | None = None) -> dict[str, Any]:
     prep = train_set.preprocess
     model = create_model(cfg.variant, cfg.backbone, cfg.backbone_kwargs,
                          input_shape=(prep.channels, *prep.size), **cfg.model_kwargs).to(device)
+    # pretrained weights are in the checkpoint from now on: its config must not point at the file
+    model.spec["backbone_kwargs"].pop("weights_path", None)
+    norm = getattr(model.backbone, "input_norm", None)
+    if norm:  # a pretrained backbone's own input normalisation
+        prep = dataclasses.replace(prep, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
+        for s in (train_set, val_set, test_set):
+            s.preprocess = prep
     run_config = {"preprocess": prep.to_dict(), "data": {"name": cfg.dataset, **data_kwargs},
                   "train": dataclasses.asdict(cfg)}
     sampler = EpisodeSampler(train_set, cfg.train_way, cfg.train_shot, cfg.train_query,
@@ -244,8 +255,8 @@ def train(cfg: TrainConfig, monitor: Monitor | None = None) -> dict[str, Any]:
         distill = DistillLoss(student_dim, teacher_z.shape[1], cfg.distill_embed, cfg.distill_relation).to(device)
         teacher_z = teacher_z.to(device)
         run_config["distill"] = {"teacher": teacher.id, "embed": cfg.distill_embed, "relation": cfg.distill_relation}
-    params = list(model.parameters()) + (list(distill.parameters()) if distill is not None else [])
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.Adam(param_groups(model, distill, cfg.backbone_lr_scale), lr=cfg.lr,
+                           weight_decay=cfg.weight_decay)
     episode, best_val, elapsed = 0, -1.0, 0.0
     state_path = out / STATE
     if cfg.resume and state_path.exists():
@@ -310,7 +321,8 @@ def train(cfg: TrainConfig, monitor: Monitor | None = None) -> dict[str, Any]:
                     log.info("time limit of %.1f min reached at episode %d", cfg.time_limit_min, episode)
                 break
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(cfg, episode, now)
+                g["lr"] = cfg.lr * g["lr_scale"] * lr_factor(cfg, episode, now)
+            set_train_mode(model, cfg.freeze_bn)  # (validation leaves the model in eval mode)
             ep = sampler.sample().to(device, prep)
             sx, qx = ep.support_x, ep.query_x
             if augment is not None:
@@ -388,6 +400,31 @@ def train(cfg: TrainConfig, monitor: Monitor | None = None) -> dict[str, Any]:
     return finish(cfg, out, test_set, device, episode, elapsed, best_val, val_set)
 
 
+def param_groups(model: FewShotModel, distill: nn.Module | None, backbone_lr_scale: float) -> list[dict[str, Any]]:
+    """Adam groups: the backbone at ``backbone_lr_scale`` times the learning rate, the rest (head,
+    distillation projection) at the learning rate; a scale of 0 leaves the backbone out (frozen)."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    ids = {id(p) for p in model.backbone.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in ids and p.requires_grad]
+    rest += list(distill.parameters()) if distill is not None else []
+    groups = [{"params": rest, "lr_scale": 1.0}] if rest else []
+    if backbone and backbone_lr_scale > 0:
+        groups.append({"params": backbone, "lr_scale": float(backbone_lr_scale)})
+    if not groups:
+        raise ValueError("nothing to train: the backbone is frozen (backbone_lr_scale 0) and the head has no parameters")
+    return groups
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """Training mode; with ``freeze_bn`` every BatchNorm layer stays in eval mode, so it normalises
+    with (and keeps) its running statistics, as fine-tuning a pretrained backbone on small episodes wants."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def tensorboard_writer(out: Path):
     """A TensorBoard writer in ``out/tb`` when the tensorboard package is installed, else None."""
     try:
@@ -435,7 +472,9 @@ def finish(cfg: TrainConfig, out: Path, test_set, device: torch.device, episodes
         from .faces.calibrate import calibrate_checkpoint
 
         results["verification"] = calibrate_checkpoint(out, model, val_set, test_set, device, cfg.face_far,
-                                                       margin=float(cfg.data_kwargs.get("margin", 0.2)))
+                                                       margin=float(cfg.data_kwargs.get("margin", 0.2)),
+                                                       alignment=str(cfg.data_kwargs.get("alignment", "eyes")),
+                                                       test_embeddings=z)
     write_json(out / "results.json", results)
     try:
         plot_curves(out / "metrics.csv", out / "curves.png", title=f"{cfg.variant} / {cfg.backbone} / {cfg.dataset}")

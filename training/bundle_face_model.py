@@ -1,13 +1,16 @@
 #!/usr/bin/env python
 """Make a face run the bundled default model (what ``FaceVerifier.load()`` loads with no path).
 
-    python training/bundle_face_model.py RUN_DIR [--out h_model/bundled/faces_default] [--data-root DIR]
+    python training/bundle_face_model.py RUN_DIR [--out h_model/bundled/faces_default] [--data-root DIR] [--float16]
 
-Copies the checkpoint (``model.safetensors``, ``config.json``, ``results.json``), drops the paths
+RUN_DIR is a training run or a converted checkpoint (``python -m h_model.faces convert-sface``).
+Copies the checkpoint (``model.safetensors``, ``config.json``, ``results.json`` when there is one), drops the paths
 of the machine it was trained on (a face pack, a precomputed teacher file) so the data config
 points at the photos again, then measures the few-shot figures (5w1s, 5w5s, 20w1s on the test
 identities, 1000 episodes each) and recalibrates the verification threshold (FAR 1e-3 on
-validation pairs, 10-fold report on test pairs) on crops aligned here from the original photos.
+validation pairs, 10-fold report on test pairs) on crops aligned here from the original photos,
+with the checkpoint's own alignment (``data.alignment``: "eyes" or "five_point").
+``--float16`` stores the weights in half precision (they load back into float32 modules).
 A run trained from a pack (WebP crops) thus gets figures and a threshold for the crops it will
 see in use. ``--flip-embed`` turns on the test-time flip (see ``FewShotModel.flip_embed``) before
 measuring.
@@ -27,6 +30,9 @@ sys.path.insert(0, str(REPO))
 def drop_machine_paths(train: dict) -> None:
     """A training config without the paths of the machine it ran on (face pack, teacher file)."""
     pack = train.get("data_kwargs", {}).pop("pack", None)
+    weights = train.get("backbone_kwargs", {}).pop("weights_path", None)
+    if weights:
+        train["backbone_weights"] = Path(weights).name
     train["data_root"] = None
     if train.get("teacher") == "precomputed":  # name the teacher whose embeddings the pack carried
         teacher_file = train.get("teacher_kwargs", {}).pop("file", None)
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(REPO / "h_model" / "bundled" / "faces_default"))
     ap.add_argument("--data-root", default=None, help="the photos (default: $H_DATA_ROOT, else ../shared/data)")
     ap.add_argument("--far", type=float, default=1e-3)
+    ap.add_argument("--float16", action="store_true", help="store the weights in half precision")
     ap.add_argument("--flip-embed", action="store_true",
                     help="embed each crop as the mean of it and its mirror image (test-time flip; twice the cost)")
     a = ap.parse_args(argv)
@@ -52,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from h_model.data import load_splits
     from h_model.evaluate import embed_all, evaluate, parse_setting
     from h_model.faces.calibrate import calibrate_checkpoint
+    from h_model.preprocess import Preprocess
 
     src, dst = Path(a.run_dir), Path(a.out)
     cfg = json.loads((src / "config.json").read_text())
@@ -59,28 +67,43 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{src} is not a face run (its data is {cfg.get('data', {}).get('name')!r})")
     dst.mkdir(parents=True, exist_ok=True)
     for f in ("model.safetensors", "config.json", "results.json"):
-        shutil.copy(src / f, dst / f)
+        if (src / f).is_file():
+            shutil.copy(src / f, dst / f)
+    if not (src / "results.json").is_file():
+        write_json(dst / "results.json", {})
     pack = cfg["data"].pop("pack", None)
     cfg["data"]["data_root"] = None
-    for train in [cfg["train"]] + [m["train"] for m in cfg.get("ensemble", {}).get("members", []) if m.get("train")]:
+    trains = [cfg["train"]] if "train" in cfg else []
+    for train in trains + [m["train"] for m in cfg.get("ensemble", {}).get("members", []) if m.get("train")]:
         drop_machine_paths(train)
     for m in cfg.get("ensemble", {}).get("members", []):
         m["path"] = Path(m["path"]).name
     if a.flip_embed:
         cfg["model"].setdefault("model_kwargs", {})["flip_embed"] = True
+    if a.float16 and "source" in cfg:
+        cfg["source"]["stored_as"] = "float16"
     write_json(dst / "config.json", cfg)
+    if a.float16:
+        from safetensors.torch import load_file, save_file
+
+        state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(dst / "model.safetensors")).items()}
+        save_file(state, str(dst / "model.safetensors"), metadata={"format": cfg["format"]})
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     d = cfg["data"]
+    alignment = d.get("alignment", "eyes")
     _, val, test = load_splits("faces", data_root=a.data_root, image_size=d["image_size"], seed=d["seed"],
-                               margin=d["margin"])
+                               margin=d["margin"], alignment=alignment)
+    prep = Preprocess.from_dict(cfg["preprocess"])
+    val.preprocess = test.preprocess = prep  # the checkpoint's own normalisation
     model, _ = load_checkpoint(dst / "model.safetensors", "cpu")
     z = embed_all(model, test, "cpu")
     res = json.loads((dst / "results.json").read_text())
     for s in ("5w1s", "5w5s", "20w1s"):
         way, shot = parse_setting(s)
         res[s] = evaluate(model, test, way, shot, 5, 1000, device="cpu", embeddings=z)
-    res["verification"] = calibrate_checkpoint(dst, model, val, test, "cpu", a.far, margin=d["margin"])
+    res["verification"] = calibrate_checkpoint(dst, model, val, test, "cpu", a.far, margin=d["margin"],
+                                               alignment=alignment, test_embeddings=z)
     if pack:
         res["note"] = ("trained from a face pack (WebP crops); these figures are measured on the original "
                        "crops, and the threshold calibrated on them")

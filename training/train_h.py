@@ -6,6 +6,8 @@
     python training/train_h.py --dataset faces --teacher dlib    # distil dlib's face ResNet into it
     python training/train_h.py --config training/configs/faces_distill.yaml --face-pack PACK \
         --teacher precomputed --teacher-file PACK/teacher-dlib.pt    # elsewhere (python -m h_model.faces pack)
+    python training/train_h.py --config training/configs/faces_sface_finetune.yaml \
+        --backbone-weights ../shared/models/opencv_zoo/face_recognition_sface_2021dec_int8bq.onnx
     python training/train_h.py --config training/configs/matching_omniglot.yaml
     torchrun --nproc_per_node=2 training/train_h.py --episodes 500
 """
@@ -31,8 +33,10 @@ DEFAULT_CONFIGS = {"omniglot": CONFIGS / "default.yaml", "faces": CONFIGS / "fac
 FLAGS = {
     "--variant": ("variant", str, "a registered learner: proto, matching, siamese, ..."),
     "--method": ("variant", str, "same as --variant (the name used for meta-learning baselines)"),
-    "--backbone": ("backbone", str, "conv4, resnet12, face_resnet, inception_resnet_v1, facenet-vggface2, "
+    "--backbone": ("backbone", str, "conv4, resnet12, face_resnet, sface, inception_resnet_v1, facenet-vggface2, "
                                     "facenet-casia or nas_cnn (found by training/search_nas.py)"),
+    "--backbone-lr-scale": ("backbone_lr_scale", float, "fine-tuning: the backbone's learning rate is --lr times "
+                                                        "this (0 freezes it)"),
     "--dataset": ("dataset", str, "omniglot, faces or folder"),
     "--data-root": ("data_root", str, "data folder (default: $H_DATA_ROOT, else ~/.cache/h_model/data)"),
     "--image-size": ("image_size", int, "input size in pixels (28 or 84 for Omniglot)"),
@@ -65,8 +69,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=None, help="YAML config (flags override it; default: the dataset's own "
                     "config in training/configs, default.yaml for Omniglot)")
-    ap.add_argument("--backbone-weights", default=None, help="local pretrained backbone weights file "
-                    "(facenet-vggface2 / facenet-casia / inception_resnet_v1 offline)")
+    ap.add_argument("--backbone-weights", default=None, help="local pretrained backbone weights: an SFace .onnx "
+                    "file or sface checkpoint for --backbone sface; a state dict file for facenet-vggface2 / "
+                    "facenet-casia / inception_resnet_v1 offline")
     ap.add_argument("--teacher-weights", default=None, help="local weights file of the teacher (facenet-vggface2)")
     ap.add_argument("--teacher-file", default=None, help="embeddings file of --teacher precomputed "
                     "(python -m h_model.faces pack --teacher NAME writes one)")
@@ -77,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="mixed precision: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with AMX / AVX-512 BF16 "
                          "(on in default.yaml; --no-amp: float32)")
+    ap.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                    help="fine-tuning: BatchNorm layers keep their pretrained running statistics")
     ap.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
     a = ap.parse_args(argv)
     cfg_path = Path(a.config) if a.config else DEFAULT_CONFIGS.get(a.dataset or "omniglot", DEFAULT_CONFIGS["omniglot"])

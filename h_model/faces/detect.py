@@ -1,4 +1,13 @@
-"""Face detection (MTCNN) and eye-aligned face crops.
+"""Face detection (MTCNN) and aligned face crops.
+
+Two named alignments (:data:`ALIGNMENTS`), stored in a face checkpoint's ``"face"`` entry so
+training crops, verification, the gallery and the app all crop the same way:
+
+- ``"eyes"``: rotate about the box centre until the eyes are level, and scale the face box plus a
+  ``margin`` on each side to the crop (the students trained in this project);
+- ``"five_point"``: the least-squares similarity transform of the 5 landmarks onto the standard
+  112x112 five-point template (:data:`FIVE_POINT_TEMPLATE`, scaled to the crop size), as the
+  ArcFace / SFace family of models was trained; ``margin`` plays no part.
 
 Every image goes through :mod:`h_model.preprocess` (``_to_pil`` + ``_to_mode``): the same
 decoding as training and prediction, with EXIF orientation, any PIL mode (grayscale, RGBA,
@@ -12,7 +21,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -22,7 +31,14 @@ from PIL import Image
 from ..preprocess import ImageDecodeError, ImageInput, _to_mode, _to_pil
 
 __all__ = ["Face", "FaceDetector", "NoFaceError", "ImageDecodeError", "load_rgb", "image_sha256",
-           "alignment_matrix", "align_face", "center_crop"]
+           "alignment_matrix", "align_face", "center_crop", "similarity_transform", "five_point_matrix",
+           "ALIGNMENTS", "FIVE_POINT_TEMPLATE"]
+
+ALIGNMENTS = ("eyes", "five_point")
+#: Left eye, right eye, nose tip, left and right mouth corner (x, y) in a 112x112 crop, "left" being
+#: the image's left (the 5-point layout MTCNN gives); the template of the ArcFace / SFace crops.
+FIVE_POINT_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                                [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 
 
 class NoFaceError(ValueError):
@@ -81,13 +97,46 @@ def alignment_matrix(box: np.ndarray, landmarks: np.ndarray, size: int, margin: 
     return m
 
 
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2x3 matrix of the rotation + uniform scale + shift that maps points ``src`` ``[n, 2]`` onto
+    ``dst`` with the least squared error (Umeyama 1991, reflections excluded)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"need two matching [n >= 2, 2] point sets, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var = (s ** 2).sum() / len(src)
+    if var <= 0:
+        raise ValueError("the source points all coincide")
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    e = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
+    rot = u @ e @ vt
+    scale = float((sig * np.diag(e)).sum() / var)
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def five_point_matrix(landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """2x3 similarity transform of the 5 landmarks onto :data:`FIVE_POINT_TEMPLATE` scaled to ``size``."""
+    lm = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    if lm.shape != (5, 2):
+        raise ValueError(f"five-point alignment needs 5 landmarks, got {lm.shape[0]}")
+    return similarity_transform(lm, FIVE_POINT_TEMPLATE * (size / 112.0))
+
+
 def align_face(img: Image.Image, box: np.ndarray, landmarks: np.ndarray, size: int = 160,
-               margin: float = 0.2) -> Image.Image:
-    """The eye-aligned ``size`` x ``size`` RGB crop of one face (borders replicate the edge)."""
-    m = alignment_matrix(box, landmarks, size, margin)
-    shrink = size / max(box[2] - box[0], box[3] - box[1], 1.0) < 1.0
-    out = cv2.warpAffine(np.asarray(img), m, (size, size),
-                         flags=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+               margin: float = 0.2, alignment: str = "eyes") -> Image.Image:
+    """The aligned ``size`` x ``size`` RGB crop of one face, by the named ``alignment``
+    (``"eyes"``: borders replicate the edge; ``"five_point"``: black borders, as the template models saw)."""
+    if alignment == "five_point":
+        m = five_point_matrix(landmarks, size)
+        flags, border = cv2.INTER_LINEAR, cv2.BORDER_CONSTANT
+    elif alignment == "eyes":
+        m = alignment_matrix(box, landmarks, size, margin)
+        shrink = size / max(box[2] - box[0], box[3] - box[1], 1.0) < 1.0
+        flags, border = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR, cv2.BORDER_REPLICATE
+    else:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    out = cv2.warpAffine(np.asarray(img), m, (size, size), flags=flags, borderMode=border)
     return Image.fromarray(out)
 
 
@@ -103,29 +152,50 @@ class FaceDetector:
     """MTCNN (facenet-pytorch, weights bundled in its wheel) returning every face, largest first.
 
     ``crop_size``/``margin``: aligned crop side in pixels and extra context as a fraction of the
-    face box on each side. ``max_side``: larger images are downscaled for detection only (faces
+    face box on each side; ``alignment``: one of :data:`ALIGNMENTS` (``margin`` only shapes
+    ``"eyes"``). ``max_side``: larger images are downscaled for detection only (faces
     under ``min_face_size`` pixels *after* that downscale are missed: raise it for group photos).
     ``pad_retry``: when nothing is found, detect once more on the image padded by this fraction
     of its longer side (tightly cropped faces, e.g. Extended Yale B, are found that way); 0 turns
     it off. ``min_prob``: drop detections below this MTCNN probability.
+
+    ``yunet_model``: detect with YuNet instead (OpenCV Zoo's ``face_detection_yunet_*.onnx``, run by
+    OpenCV's ``FaceDetectorYN``; the file does not ship with h_model): the same boxes, 5 landmarks
+    (in MTCNN's order) and crops; ``yunet_score`` is its confidence threshold.
     """
 
     def __init__(self, crop_size: int = 160, margin: float = 0.2, min_face_size: int = 20,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_side: int = 1280, pad_retry: float = 0.25,
-                 min_prob: float = 0.0, device: str | torch.device = "cpu") -> None:
-        from facenet_pytorch import MTCNN
-
+                 min_prob: float = 0.0, alignment: str = "eyes", yunet_model: str | Path | None = None,
+                 yunet_score: float = 0.6, device: str | torch.device = "cpu") -> None:
         if crop_size < 8 or margin < 0 or max_side < 32:
             raise ValueError("need crop_size >= 8, margin >= 0 and max_side >= 32")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+        self.alignment = alignment
         self.crop_size, self.margin, self.max_side = int(crop_size), float(margin), int(max_side)
         self.pad_retry, self.min_prob, self.min_face_size = float(pad_retry), float(min_prob), int(min_face_size)
-        self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
-                           device=torch.device(device))
+        self.mtcnn = self.yunet = None
+        if yunet_model is None:
+            from facenet_pytorch import MTCNN
+
+            self.mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds),
+                               device=torch.device(device))
+        else:
+            if not Path(yunet_model).is_file():
+                raise FileNotFoundError(f"no YuNet model at {yunet_model} (face_detection_yunet_*.onnx from OpenCV Zoo)")
+            self.yunet = cv2.FaceDetectorYN.create(str(yunet_model), "", (320, 320), float(yunet_score), 0.3, 5000)
 
     @property
-    def settings(self) -> dict[str, float]:
-        """What shapes the crops (part of a face model's identity)."""
-        return {"crop_size": self.crop_size, "margin": self.margin}
+    def settings(self) -> dict[str, Any]:
+        """What shapes the crops (part of a face model's identity). ``alignment`` is named only when it
+        is not ``"eyes"``, so models and galleries made before it existed keep their fingerprints."""
+        out: dict[str, Any] = {"crop_size": self.crop_size, "margin": self.margin}
+        if self.alignment != "eyes":
+            out["alignment"] = self.alignment
+        if self.yunet is not None:
+            out["detector"] = "yunet"
+        return out
 
     def detect(self, image: ImageInput) -> list[Face]:
         """All faces in one image, largest first; :class:`NoFaceError` when there is none."""
@@ -176,6 +246,11 @@ class FaceDetector:
         for i, im in enumerate(imgs):
             if min(im.size) >= max(self.min_face_size, 12):  # smaller: MTCNN's pyramid is empty
                 groups.setdefault(im.size, []).append(i)
+        if self.yunet is not None:
+            for idx in groups.values():
+                for i in idx:
+                    out[i] = self._yunet(imgs[i])
+            return out
         for idx in groups.values():
             boxes, probs, points = self.mtcnn.detect([imgs[i] for i in idx], landmarks=True)
             for j, i in enumerate(idx):
@@ -188,6 +263,21 @@ class FaceDetector:
                 if keep.any():
                     out[i] = (b[keep], p[keep], lm[keep])
         return out
+
+    def _yunet(self, img: Image.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """YuNet's (boxes, scores, landmarks) of one RGB image, or None."""
+        bgr = np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+        self.yunet.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, found = self.yunet.detect(bgr)
+        if found is None or len(found) == 0:
+            return None
+        found = np.asarray(found, np.float32)
+        keep = found[:, 14] >= self.min_prob
+        if not keep.any():
+            return None
+        f = found[keep]
+        boxes = np.stack([f[:, 0], f[:, 1], f[:, 0] + f[:, 2], f[:, 1] + f[:, 3]], 1)
+        return boxes, f[:, 14], f[:, 4:14].reshape(-1, 5, 2)
 
     def _detect_padded(self, imgs: list[Image.Image]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray] | None]:
         padded, pads = [], []
@@ -209,6 +299,6 @@ class FaceDetector:
         boxes, probs, points = found
         boxes, points = boxes / scale, points / scale
         faces = [Face(box=b, prob=float(p), landmarks=lm,
-                      crop=align_face(img, b, lm, self.crop_size, self.margin))
+                      crop=align_face(img, b, lm, self.crop_size, self.margin, self.alignment))
                  for b, p, lm in zip(boxes, probs, points)]
         return sorted(faces, key=lambda f: -f.area)

@@ -176,9 +176,15 @@ class Gallery:
         wanted = model_id or (verifier.model_id if verifier else None)
         if "model_id" in meta:
             if wanted is not None and wanted != meta["model_id"]:
+                persons = con.execute("SELECT COUNT(*) FROM persons").fetchone()[0]
                 raise ModelMismatchError(
-                    f"gallery {self.path} holds embeddings of model {meta['model_id']}, not {wanted}: "
-                    "use the model it was built with, or a new gallery (re-enroll the photos)")
+                    f"gallery {self.path} holds the embeddings of {persons} person(s) made by face model "
+                    f"{meta['model_id']}, not by this one ({wanted}); embeddings of two models cannot be "
+                    "compared, so they are never mixed. Either open it with the model it was built with "
+                    "(--model / FaceVerifier.load(THAT_CHECKPOINT)), or start a new gallery and enroll the "
+                    "persons again from their photos with this model (python -m h_model.faces enroll-dir "
+                    "PHOTOS --gallery NEW_GALLERY). A gallery keeps embeddings and thumbnails, not photos, "
+                    "so it cannot re-embed itself; `python -m h_model.faces list --gallery OLD` names who to enroll.")
             self.model_id = meta["model_id"]
         else:
             if wanted is None:

@@ -151,7 +151,8 @@ def test_model_id_and_dimension_are_enforced(tmp_path: Path) -> None:
         g.enroll("x", embeddings=c[:1], model_id="m2")
     with pytest.raises(ModelMismatchError):
         g.enroll("x", embeddings=np.ones((1, D + 1), np.float32))
-    with pytest.raises(ModelMismatchError):
+    with pytest.raises(ModelMismatchError, match=r"3 person\(s\) made by face model m1, not by this one \(m2\).*"
+                                                 r"enroll-dir PHOTOS --gallery NEW_GALLERY"):
         Gallery(tmp_path / "g", model_id="m2")
     g.export(tmp_path / "m1.json")
     h = Gallery(tmp_path / "h", model_id="m2")

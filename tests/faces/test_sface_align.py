@@ -1,0 +1,101 @@
+"""Five-point template alignment against hand-computed landmarks, and the setting's plumbing."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from h_model.faces.detect import FIVE_POINT_TEMPLATE, align_face, five_point_matrix, similarity_transform
+
+
+def test_landmarks_on_the_template_give_the_identity() -> None:
+    assert np.allclose(five_point_matrix(FIVE_POINT_TEMPLATE, 112), [[1, 0, 0], [0, 1, 0]], atol=1e-12)
+
+
+def test_scaled_and_shifted_landmarks_are_undone() -> None:
+    # a face twice the template's size, 10 px right and 20 px down: the crop halves and shifts back
+    m = five_point_matrix(FIVE_POINT_TEMPLATE * 2 + [10, 20], 112)
+    assert np.allclose(m, [[0.5, 0, -5], [0, 0.5, -10]], atol=1e-12)
+    # a 224 crop wants the template at twice the size: the same face then needs only the shift
+    assert np.allclose(five_point_matrix(FIVE_POINT_TEMPLATE * 2 + [10, 20], 224), [[1, 0, -10], [0, 1, -20]], atol=1e-12)
+
+
+def test_rotated_landmarks_are_levelled() -> None:
+    # the template turned 90 degrees clockwise about the origin: (x, y) -> (-y, x); undoing it is (x, y) -> (y, -x)
+    rotated = FIVE_POINT_TEMPLATE @ np.array([[0, 1], [-1, 0]])
+    assert np.allclose(five_point_matrix(rotated, 112), [[0, 1, 0], [-1, 0, 0]], atol=1e-12)
+
+
+def test_least_squares_with_noisy_points() -> None:
+    # one landmark moved by (+5, 0): the fit spreads the error, the mean of the mapped points is the template's
+    pts = FIVE_POINT_TEMPLATE.copy()
+    pts[2, 0] += 5
+    m = five_point_matrix(pts, 112)
+    mapped = pts @ m[:, :2].T + m[:, 2]
+    assert np.allclose(mapped.mean(0), FIVE_POINT_TEMPLATE.mean(0), atol=1e-9)
+    assert math.hypot(*(mapped[2] - FIVE_POINT_TEMPLATE[2])) < 5
+
+
+def test_similarity_transform_refuses_bad_points() -> None:
+    with pytest.raises(ValueError, match="matching"):
+        similarity_transform(np.zeros((5, 2)), np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="coincide"):
+        similarity_transform(np.ones((5, 2)), FIVE_POINT_TEMPLATE)
+    with pytest.raises(ValueError, match="5 landmarks"):
+        five_point_matrix(np.zeros((2, 2)))
+
+
+def test_align_face_moves_marked_landmarks_onto_the_template() -> None:
+    # a 300x300 image with a white 3x3 dot at each landmark of a face 1.5x the template's size
+    lm = FIVE_POINT_TEMPLATE * 1.5 + [60, 40]
+    a = np.zeros((300, 300, 3), np.uint8)
+    for x, y in np.round(lm).astype(int):
+        a[y - 1:y + 2, x - 1:x + 2] = 255
+    crop = np.asarray(align_face(Image.fromarray(a), np.array([0, 0, 300, 300]), lm, 112, alignment="five_point"))
+    assert crop.shape == (112, 112, 3)
+    for x, y in np.round(FIVE_POINT_TEMPLATE).astype(int):
+        assert crop[y, x, 0] > 128  # the dot landed on the template point
+    assert crop[5, 5].tolist() == [0, 0, 0]  # nothing drawn there; outside the photo is black
+    with pytest.raises(ValueError, match="alignment must be one of"):
+        align_face(Image.fromarray(a), np.array([0, 0, 300, 300]), lm, 112, alignment="tilted")
+
+
+def test_detector_setting_names_the_alignment_only_when_not_eyes() -> None:
+    from h_model.faces import FaceDetector
+
+    assert FaceDetector(crop_size=112).settings == {"crop_size": 112, "margin": 0.2}
+    assert FaceDetector(crop_size=112, alignment="five_point").settings == {
+        "crop_size": 112, "margin": 0.2, "alignment": "five_point"}
+    with pytest.raises(ValueError, match="alignment must be one of"):
+        FaceDetector(alignment="eyes-and-nose")
+
+
+def test_real_photo_crop_puts_the_eyes_on_the_template(face_photo) -> None:
+    from h_model.faces import FaceDetector
+
+    face = FaceDetector(crop_size=112, alignment="five_point").detect(face_photo)[0]
+    m = five_point_matrix(face.landmarks, 112)
+    mapped = face.landmarks @ m[:, :2].T + m[:, 2]
+    assert np.abs(mapped[:2] - FIVE_POINT_TEMPLATE[:2]).max() < 4  # eyes within a few pixels
+    assert face.crop.size == (112, 112)
+
+
+def test_yunet_detector_finds_the_same_face(face_photo) -> None:
+    from pathlib import Path
+
+    from h_model.faces import FaceDetector
+
+    yunet = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "opencv_zoo" / \
+        "face_detection_yunet_2023mar_int8bq.onnx"
+    if not yunet.is_file():
+        pytest.skip(f"the YuNet ONNX file is not at {yunet}")
+    y = FaceDetector(crop_size=112, alignment="five_point", yunet_model=yunet)
+    assert y.settings["detector"] == "yunet" and y.mtcnn is None
+    fy = y.detect(face_photo)[0]
+    fm = FaceDetector(crop_size=112, alignment="five_point").detect(face_photo)[0]
+    assert np.abs(fy.landmarks - fm.landmarks).max() < 10  # the two detectors agree within a few pixels
+    assert fy.crop.size == (112, 112) and 0.6 <= fy.prob <= 1.0
+    with pytest.raises(FileNotFoundError, match="no YuNet model"):
+        FaceDetector(yunet_model=yunet.parent / "missing.onnx")
