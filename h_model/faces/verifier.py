@@ -226,15 +226,6 @@ class FaceVerifier:
         return VerifyResult(same=s >= t, score=s, threshold=t, far=self.far, faces=(len(fa), len(fb)),
                             boxes=[[round(float(v), 2) for v in fa[0].box], [round(float(v), 2) for v in fb[0].box]])
 
-    @torch.inference_mode()
-    def head_logits(self, support_z: np.ndarray, support_y: np.ndarray, query_z: np.ndarray, way: int) -> np.ndarray:
-        """The H-network head: queries ``[q, d]`` scored against ``way`` classes of ``support_z`` -> ``[q, way]``."""
-        dev = self.learner.device
-        sz = torch.as_tensor(np.asarray(support_z, np.float32), device=dev)[None]
-        sy = torch.as_tensor(np.asarray(support_y, np.int64), device=dev)[None]
-        qz = torch.as_tensor(np.asarray(query_z, np.float32), device=dev).reshape(1, -1, sz.shape[-1])
-        return self.learner.model.head(sz, sy, qz, way)[0].float().cpu().numpy()
-
     def identify(self, image: ImageInput, gallery: "Gallery | str | Path", k: int = 5) -> "Identification":
         """The top-k enrolled persons for the largest face of ``image`` (open-set: may be unknown)."""
         from .gallery import Gallery
