@@ -6,7 +6,7 @@
 2. A 1,000-person gallery: one real person (the query's face) enrolled from the photo, 999
    synthetic people enrolled as embeddings straight through ``Gallery.enroll(embeddings=...)``.
 3. Identify latency of that photo (640x480, one face): in process (``FaceDemo.identify``: decode,
-   detect, align, embed, search + head; one torch thread, as the app runs), and end to end
+   detect, align, embed, search; one torch thread, as the app runs), and end to end
    through ``gradio_client`` (upload, queue, the same work, the reply) one request at a time, and
    through the JSON API (``POST /api/v1/identify``: the photo's bytes in, JSON out, one round trip).
 4. Load: 20 identify requests at once from this process, through each; all must name the right person.
