@@ -202,6 +202,7 @@ def plot(curves: dict[str, Curve], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.ticker
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -212,6 +213,8 @@ def plot(curves: dict[str, Curve], path: Path, title: str) -> None:
             ax.axhline(100 * TARGET, color="grey", ls="--", lw=1)
         ax.set(xscale="log", xlabel="training seconds (validation excluded)", ylabel=f"validation {s} accuracy (%)",
                title=s)
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title, fontsize=9)
