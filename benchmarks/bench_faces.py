@@ -2,10 +2,10 @@
 """Face verification, identification and latency of face checkpoints (and pretrained teachers).
 
 All embedders see the same photos of the held-out identities: the test split of
-:func:`h_model.data.faces_splits` (identity-disjoint, drawn per set, seed 0), detected by MTCNN and
-aligned as each model's config says (crop size, margin, alignment: "eyes" or "five_point");
-teachers get the first model's crops. The photos, and so the pairs, are the same for every
-alignment (detection does not depend on it; the run checks this).
+:func:`h_model.data.faces_splits` (identity-disjoint, drawn per set, seed 0: the photos MTCNN finds a
+face in), detected and aligned as each model's config says (detector: "mtcnn" or "yunet"; crop size,
+margin, alignment: "eyes" or "five_point"); teachers get the first model's crops. The photos, and so
+the pairs, are the same for every model (the run checks this).
 
 - Verification: LFW View-2 style pairs over those crops, identities disjoint across the 10 folds,
   ``--pairs`` per list (when the identities allow): one list over all sets, one over the in-the-wild
@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         if key not in crops:
             print(f"aligned crops of {root} ({settings}) ...", flush=True)
             _, v, t = faces_splits(root, image_size=int(settings["crop_size"]), margin=float(settings["margin"]),
-                                   seed=a.seed, alignment=settings.get("alignment", "eyes"))
+                                   seed=a.seed, alignment=settings.get("alignment", "eyes"),
+                                   detector=settings.get("detector", "mtcnn"))
             if crops:
                 v0, t0 = next(iter(crops.values()))
                 if v.sources != v0.sources or t.sources != t0.sources:

@@ -1,8 +1,8 @@
 """Face datasets: every photo of a ``<set>/<identity>/<image>`` tree detected, aligned and cached once.
 
-MTCNN (:class:`h_model.faces.FaceDetector`) finds the largest face of each photo and cuts the
-aligned crop (``alignment`` "eyes" or "five_point") exactly as the verifier does at prediction time, so training crops and query
-crops come from one code path. Photos without a detectable face are skipped and counted. Each
+:class:`h_model.detect.FaceDetector` (MTCNN, or YuNet with ``detector="yunet"``) finds the largest
+face of each photo and cuts the aligned crop (``alignment`` "eyes" or "five_point") exactly as the
+verifier does at prediction time, so training crops and query crops come from one code path. Photos without a detectable face are skipped and counted. Each
 set is cached on its own (keyed by its file list and the alignment settings), so adding a set
 aligns only that set.
 """
@@ -49,12 +49,13 @@ def face_sets(root: str | Path) -> list[Path]:
 
 
 def align_paths(paths: Sequence[Path], crop_size: int = 112, margin: float = 0.2, batch: int = 32,
-                desc: str = "aligning", alignment: str = "eyes") -> tuple[torch.Tensor, list[int]]:
+                desc: str = "aligning", alignment: str = "eyes", detector: str = "mtcnn"
+                ) -> tuple[torch.Tensor, list[int]]:
     """Aligned uint8 crops ``[M, 3, s, s]`` of the largest face of each photo, and which photos they
     came from; unreadable and faceless photos are skipped and counted in one warning."""
-    from ..faces.detect import FaceDetector, load_rgb
+    from ..detect import FaceDetector, load_rgb
 
-    det = FaceDetector(crop_size=crop_size, margin=margin, alignment=alignment)
+    det = FaceDetector(crop_size=crop_size, margin=margin, alignment=alignment, detector=detector)
     crops, kept = [], []
     unreadable = faceless = 0
     for i in tqdm(range(0, len(paths), batch), desc=desc, unit="batch", disable=len(paths) <= batch):
@@ -80,21 +81,32 @@ def align_paths(paths: Sequence[Path], crop_size: int = 112, margin: float = 0.2
 
 
 def align_folder(root: str | Path, crop_size: int = 112, margin: float = 0.2, batch: int = 32,
-                 cache_dir: Path | str | None = "default", alignment: str = "eyes") -> ImageSet:
-    """Aligned ``crop_size`` crops of the largest face of every photo in one class-folder set."""
+                 cache_dir: Path | str | None = "default", alignment: str = "eyes", detector: str = "mtcnn") -> ImageSet:
+    """Aligned ``crop_size`` crops of the largest face of every photo in one class-folder set.
+
+    The photos kept are those MTCNN finds a face in, whatever the ``detector``: another detector
+    (``"yunet"``) re-crops exactly those photos, so models with different detectors are trained and
+    scored on the same photos and identity splits."""
     root = Path(root).expanduser()
     paths, labels, names = list_class_folders([root])
     prep = face_preprocess(crop_size)
     align = "mtcnn-v1" if alignment == "eyes" else f"mtcnn-{alignment}-v1"
+    if detector != "mtcnn":
+        align = f"{detector}-{alignment}-v1"
     settings = {"crop": crop_size, "margin": margin if alignment == "eyes" else None, "align": align}
     key = f"faces-{root.name}-" + files_fingerprint(paths, settings)
 
     def build() -> ImageSet:
-        crops, kept = align_paths(paths, crop_size, margin, batch, desc=f"aligning {root.name}", alignment=alignment)
+        photos, photo_labels, photo_names = paths, labels, names
+        if detector != "mtcnn":
+            ref = align_folder(root, crop_size, margin, batch, cache_dir, alignment)
+            photos, photo_labels, photo_names = [Path(p) for p in ref.sources or []], ref.labels.tolist(), ref.class_names
+        crops, kept = align_paths(photos, crop_size, margin, batch, desc=f"aligning {root.name} ({detector})",
+                                  alignment=alignment, detector=detector)
         if not kept:
             raise ValueError(f"no face found in any photo under {root}")
-        return ImageSet(crops, torch.as_tensor([labels[j] for j in kept], dtype=torch.long), names, prep,
-                        [str(paths[j]) for j in kept])
+        return ImageSet(crops, torch.as_tensor([photo_labels[j] for j in kept], dtype=torch.long), photo_names, prep,
+                        [str(photos[j]) for j in kept])
 
     return cached(key, build, cache_dir)
 
@@ -113,11 +125,12 @@ def concat_sets(parts: Sequence[ImageSet], prefixes: Sequence[str] | None = None
 
 def faces_splits(data_root: str | Path | None = None, image_size: int = 112, margin: float = 0.2, seed: int = 0,
                  sets: Sequence[str] | None = None, split: tuple[float, float, float] = (0.7, 0.15, 0.15),
-                 min_images: int = 2, pack: str | Path | None = None, alignment: str = "eyes"
-                 ) -> tuple[ImageSet, ImageSet, ImageSet]:
+                 min_images: int = 2, pack: str | Path | None = None, alignment: str = "eyes",
+                 detector: str = "mtcnn") -> tuple[ImageSet, ImageSet, ImageSet]:
     """Identity-disjoint (train, validation, test) aligned-face splits, drawn per set by seed,
     so every set (in-the-wild CelebA included) has held-out identities. Identities with fewer than
-    ``min_images`` detected faces are dropped. ``pack``: read the aligned crops from a face pack
+    ``min_images`` detected faces are dropped. ``alignment`` and ``detector`` (see
+    :func:`align_folder`) say how crops are cut. ``pack``: read the aligned crops from a face pack
     (:mod:`h_model.data.facepack`) instead of aligning photos under ``data_root``."""
     if pack:
         from .facepack import read_facepack
@@ -127,7 +140,7 @@ def faces_splits(data_root: str | Path | None = None, image_size: int = 112, mar
         if size != {(image_size, image_size)}:
             raise ValueError(f"the pack {pack} holds {sorted(size)} crops, the config asks for {image_size}x{image_size}")
     else:
-        aligned = aligned_sets(data_root, image_size, margin, sets, alignment)
+        aligned = aligned_sets(data_root, image_size, margin, sets, alignment, detector)
     splits: list[list[ImageSet]] = [[], [], []]
     for name, data in aligned.items():
         counts = torch.bincount(data.labels, minlength=data.num_classes)
@@ -162,7 +175,8 @@ def _select_sets(data_root: str | Path | None, sets: Sequence[str] | None) -> li
 
 
 def aligned_sets(data_root: str | Path | None = None, image_size: int = 112, margin: float = 0.2,
-                 sets: Sequence[str] | None = None, alignment: str = "eyes") -> dict[str, ImageSet]:
+                 sets: Sequence[str] | None = None, alignment: str = "eyes", detector: str = "mtcnn"
+                 ) -> dict[str, ImageSet]:
     """``{set name: aligned crops}`` of every set (or ``sets``) under the data root (cached)."""
-    return {path.name: align_folder(path, image_size, margin, alignment=alignment)
+    return {path.name: align_folder(path, image_size, margin, alignment=alignment, detector=detector)
             for path in _select_sets(data_root, sets)}

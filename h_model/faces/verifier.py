@@ -3,12 +3,13 @@
 A face checkpoint is an ordinary h_model checkpoint directory (RGB ``preprocess``, e.g. 160x160)
 whose ``config.json`` may carry a ``"face"`` entry::
 
-    "face": {"threshold": 0.62, "far": 0.001, "crop_size": 160, "margin": 0.2, "alignment": "eyes"}
+    "face": {"threshold": 0.62, "far": 0.001, "crop_size": 160, "margin": 0.2, "alignment": "eyes",
+             "detector": "mtcnn"}
 
 ``threshold``/``far`` come from :func:`calibrate_threshold` + :func:`save_threshold` on
-validation pairs; ``crop_size``/``margin``/``alignment`` say how the training crops were aligned
-(defaults: the preprocess size, 0.2 and ``"eyes"``; see :mod:`h_model.faces.detect`), so
-verification crops faces exactly as training did.
+validation pairs; ``crop_size``/``margin``/``alignment``/``detector`` say how the training crops
+were detected and aligned (defaults: the preprocess size, 0.2, ``"eyes"`` and ``"mtcnn"``; see
+:mod:`h_model.detect`), so verification crops faces exactly as training did.
 """
 from __future__ import annotations
 
@@ -114,13 +115,16 @@ def model_fingerprint(checkpoint: str | Path, detector_settings: dict[str, Any])
 
 
 def align_settings(learner: Learner) -> dict[str, Any]:
-    """Crop size, margin and alignment the checkpoint was trained with (config "face"), else its
-    input size, 0.2 and "eyes" (named only when it is not "eyes", as :attr:`FaceDetector.settings`)."""
+    """Crop size, margin, alignment and detector the checkpoint was made for (config "face"), else its
+    input size, 0.2, "eyes" and "mtcnn" (the last two named only when they differ, as
+    :attr:`FaceDetector.settings`)."""
     face = dict(learner.config.get("face") or {})
     out: dict[str, Any] = {"crop_size": int(face.get("crop_size") or max(learner.preprocess.size)),
                            "margin": float(face.get("margin", DEFAULT_MARGIN))}
     if face.get("alignment", "eyes") != "eyes":
         out["alignment"] = str(face["alignment"])
+    if face.get("detector", "mtcnn") != "mtcnn":
+        out["detector"] = str(face["detector"])
     return out
 
 

@@ -86,6 +86,25 @@ def test_aligned_crop_is_the_verifier_crop(face_tree: Path, tmp_path: Path) -> N
     assert np.array_equal(np.asarray(crop), s.images[0].permute(1, 2, 0).numpy())
 
 
+def test_yunet_crops_the_photos_mtcnn_keeps(face_tree: Path, tmp_path: Path) -> None:
+    """Another detector re-crops exactly MTCNN's photos (same splits), cached under its own key."""
+    import numpy as np
+
+    from h_model.faces import FaceDetector
+
+    ref = align_folder(face_tree / "orl", crop_size=64, cache_dir=tmp_path, alignment="five_point")
+    y = align_folder(face_tree / "orl", crop_size=64, cache_dir=tmp_path, alignment="five_point", detector="yunet")
+    assert y.sources == ref.sources and torch.equal(y.labels, ref.labels) and y.class_names == ref.class_names
+    assert not torch.equal(y.images, ref.images)  # YuNet's landmarks, not MTCNN's
+    assert len(list(tmp_path.glob("faces-orl-*.pt"))) == 2
+    crop = FaceDetector(crop_size=64, alignment="five_point", detector="yunet").detect(y.sources[0])[0].crop
+    assert np.array_equal(np.asarray(crop), y.images[0].permute(1, 2, 0).numpy())
+    parts = faces_splits(face_tree, image_size=64, split=(1 / 3, 1 / 3, 1 / 3), seed=0, alignment="five_point")
+    parts_y = load_splits("faces", data_root=str(face_tree), image_size=64, seed=0, split=(1 / 3, 1 / 3, 1 / 3),
+                          alignment="five_point", detector="yunet")
+    assert [p.sources for p in parts_y] == [p.sources for p in parts]
+
+
 def test_faces_splits_are_identity_disjoint_per_set(face_tree: Path) -> None:
     parts = faces_splits(face_tree, image_size=64, split=(1 / 3, 1 / 3, 1 / 3), seed=0)
     names = [set(p.class_names) for p in parts]

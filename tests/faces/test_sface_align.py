@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from h_model.faces.detect import FIVE_POINT_TEMPLATE, align_face, five_point_matrix, similarity_transform
+from h_model.detect import FIVE_POINT_TEMPLATE, YUNET_FILE, align_face, five_point_matrix, similarity_transform
 
 
 def test_landmarks_on_the_template_give_the_identity() -> None:
@@ -83,19 +85,42 @@ def test_real_photo_crop_puts_the_eyes_on_the_template(face_photo) -> None:
 
 
 def test_yunet_detector_finds_the_same_face(face_photo) -> None:
-    from pathlib import Path
-
     from h_model.faces import FaceDetector
 
-    yunet = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "opencv_zoo" / \
-        "face_detection_yunet_2023mar_int8bq.onnx"
-    if not yunet.is_file():
-        pytest.skip(f"the YuNet ONNX file is not at {yunet}")
-    y = FaceDetector(crop_size=112, alignment="five_point", yunet_model=yunet)
-    assert y.settings["detector"] == "yunet" and y.mtcnn is None
+    y = FaceDetector(crop_size=112, alignment="five_point", detector="yunet")  # the bundled YuNet file
+    assert y.settings == {"crop_size": 112, "margin": 0.2, "alignment": "five_point", "detector": "yunet"}
     fy = y.detect(face_photo)[0]
+    assert y._mtcnn is None  # YuNet found the face: MTCNN, the fallback, was never loaded
     fm = FaceDetector(crop_size=112, alignment="five_point").detect(face_photo)[0]
     assert np.abs(fy.landmarks - fm.landmarks).max() < 10  # the two detectors agree within a few pixels
     assert fy.crop.size == (112, 112) and 0.6 <= fy.prob <= 1.0
     with pytest.raises(FileNotFoundError, match="no YuNet model"):
-        FaceDetector(yunet_model=yunet.parent / "missing.onnx")
+        FaceDetector(yunet_model=Path("missing.onnx"))
+    with pytest.raises(ValueError, match="detector must be one of"):
+        FaceDetector(detector="haar")
+    with pytest.raises(ValueError, match="yunet_model is given but detector='mtcnn'"):
+        FaceDetector(detector="mtcnn", yunet_model=YUNET_FILE)
+
+
+def test_yunet_misses_go_to_mtcnn_unless_fallback_is_off(face_photo) -> None:
+    from h_model.faces import FaceDetector, NoFaceError
+
+    # a confidence threshold above any score: YuNet finds nothing, so MTCNN is asked
+    y = FaceDetector(crop_size=112, alignment="five_point", detector="yunet", yunet_score=1.01)
+    fm = FaceDetector(crop_size=112, alignment="five_point").detect(face_photo)[0]
+    fy = y.detect(face_photo)[0]
+    assert np.allclose(fy.landmarks, fm.landmarks) and np.allclose(fy.box, fm.box)
+    off = FaceDetector(crop_size=112, alignment="five_point", detector="yunet", yunet_score=1.01, fallback=False)
+    with pytest.raises(NoFaceError):
+        off.detect(face_photo)
+    assert off._mtcnn is None
+
+
+def test_bundled_yunet_file_is_the_opencv_zoo_one() -> None:
+    import hashlib
+
+    assert hashlib.sha256(YUNET_FILE.read_bytes()).hexdigest() == \
+        "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da25726f10"
+    for name in ("LICENSE", "NOTICE"):
+        assert (YUNET_FILE.parent / name).is_file()
+    assert "MIT License" in (YUNET_FILE.parent / "LICENSE").read_text()

@@ -1,0 +1,346 @@
+"""Face detection (YuNet or MTCNN) and aligned face crops.
+
+Two detectors (:data:`DETECTORS`), named in a face checkpoint's ``"face"`` entry like the alignment:
+``"yunet"`` (OpenCV Zoo's YuNet, run by OpenCV's ``FaceDetectorYN``; the ONNX file ships with
+h_model in ``h_model/bundled/yunet``, MIT licence) and ``"mtcnn"`` (facenet-pytorch's MTCNN, weights
+in its wheel; the default for checkpoints that name none). Both give a box and the same 5 landmarks.
+A YuNet detector hands photos it finds no face in to MTCNN (``fallback``), so it never finds fewer.
+
+Two named alignments (:data:`ALIGNMENTS`), stored in a face checkpoint's ``"face"`` entry so
+training crops, verification, the gallery and the app all crop the same way:
+
+- ``"eyes"``: rotate about the box centre until the eyes are level, and scale the face box plus a
+  ``margin`` on each side to the crop (the students trained in this project);
+- ``"five_point"``: the least-squares similarity transform of the 5 landmarks onto the standard
+  112x112 five-point template (:data:`FIVE_POINT_TEMPLATE`, scaled to the crop size), as the
+  ArcFace / SFace family of models was trained; ``margin`` plays no part.
+
+Every image goes through :mod:`h_model.preprocess` (``_to_pil`` + ``_to_mode``): the same
+decoding as training and prediction, with EXIF orientation, any PIL mode (grayscale, RGBA,
+palette, 16-bit), the decompression-bomb guard, and :class:`ImageDecodeError` for anything that
+is not a readable image. Detection runs on a copy downscaled to ``max_side``; boxes and
+landmarks are mapped back to the original image, and crops are cut from the full resolution.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from .preprocess import ImageDecodeError, ImageInput, _to_mode, _to_pil
+
+__all__ = ["DETECTORS", "YUNET_FILE", "Face", "FaceDetector", "NoFaceError", "ImageDecodeError", "load_rgb", "image_sha256",
+           "alignment_matrix", "align_face", "center_crop", "similarity_transform", "five_point_matrix",
+           "ALIGNMENTS", "FIVE_POINT_TEMPLATE"]
+
+ALIGNMENTS = ("eyes", "five_point")
+DETECTORS = ("mtcnn", "yunet")
+#: The bundled YuNet detector (OpenCV Zoo ``face_detection_yunet_2023mar_int8bq.onnx``).
+YUNET_FILE = Path(__file__).resolve().parent / "bundled" / "yunet" / "face_detection_yunet_2023mar_int8bq.onnx"
+#: Left eye, right eye, nose tip, left and right mouth corner (x, y) in a 112x112 crop, "left" being
+#: the image's left (the 5-point layout MTCNN gives); the template of the ArcFace / SFace crops.
+FIVE_POINT_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                                [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+
+
+#: One image's detections: boxes ``[n, 4]``, scores ``[n]``, landmarks ``[n, 5, 2]``.
+Found = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class NoFaceError(ValueError):
+    """No face was found in an image (``index`` is its position in a batch, when known)."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+@dataclass
+class Face:
+    """One detected face: ``box`` (x1, y1, x2, y2) and ``landmarks`` (left eye, right eye, nose,
+    mouth left, mouth right; ``[5, 2]`` as x, y) in the original image's pixels, the detector's score ``prob``,
+    and the aligned RGB ``crop``."""
+
+    box: np.ndarray
+    prob: float
+    landmarks: np.ndarray
+    crop: Image.Image
+
+    @property
+    def area(self) -> float:
+        return float(max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0))
+
+
+def load_rgb(src: ImageInput) -> Image.Image:
+    """Decode any supported input to an RGB PIL image exactly as :func:`h_model.preprocess.load_image` does."""
+    return _to_mode(_to_pil(src), 3)
+
+
+def image_sha256(src: ImageInput) -> str:
+    """SHA-256 of a file's or bytes' content; of the decoded RGB pixels for in-memory images."""
+    if isinstance(src, bytes):
+        return hashlib.sha256(src).hexdigest()
+    if isinstance(src, (str, Path)):
+        try:
+            return hashlib.sha256(Path(src).read_bytes()).hexdigest()
+        except OSError as e:
+            raise ImageDecodeError(f"cannot read image file {src}: {e}") from e
+    img = load_rgb(src)
+    h = hashlib.sha256(f"{img.size[0]}x{img.size[1]}:".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def alignment_matrix(box: np.ndarray, landmarks: np.ndarray, size: int, margin: float) -> np.ndarray:
+    """2x3 similarity transform: rotate about the box centre so the eyes are level, scale the
+    square box side ``max(w, h) * (1 + 2 * margin)`` to ``size`` pixels, centre it in the crop."""
+    (lx, ly), (rx, ry) = landmarks[0], landmarks[1]
+    angle = math.degrees(math.atan2(ry - ly, rx - lx))
+    cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+    side = max(box[2] - box[0], box[3] - box[1], 1.0) * (1.0 + 2.0 * margin)
+    m = cv2.getRotationMatrix2D((float(cx), float(cy)), angle, size / float(side))
+    m[:, 2] += (size / 2.0 - cx, size / 2.0 - cy)
+    return m
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2x3 matrix of the rotation + uniform scale + shift that maps points ``src`` ``[n, 2]`` onto
+    ``dst`` with the least squared error (Umeyama 1991, reflections excluded)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+        raise ValueError(f"need two matching [n >= 2, 2] point sets, got {src.shape} and {dst.shape}")
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    var = (s ** 2).sum() / len(src)
+    if var <= 0:
+        raise ValueError("the source points all coincide")
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    e = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
+    rot = u @ e @ vt
+    scale = float((sig * np.diag(e)).sum() / var)
+    return np.hstack([scale * rot, (mu_d - scale * rot @ mu_s)[:, None]])
+
+
+def five_point_matrix(landmarks: np.ndarray, size: int = 112) -> np.ndarray:
+    """2x3 similarity transform of the 5 landmarks onto :data:`FIVE_POINT_TEMPLATE` scaled to ``size``."""
+    lm = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    if lm.shape != (5, 2):
+        raise ValueError(f"five-point alignment needs 5 landmarks, got {lm.shape[0]}")
+    return similarity_transform(lm, FIVE_POINT_TEMPLATE * (size / 112.0))
+
+
+def align_face(img: Image.Image, box: np.ndarray, landmarks: np.ndarray, size: int = 160,
+               margin: float = 0.2, alignment: str = "eyes") -> Image.Image:
+    """The aligned ``size`` x ``size`` RGB crop of one face, by the named ``alignment``
+    (``"eyes"``: borders replicate the edge; ``"five_point"``: black borders, as the template models saw)."""
+    if alignment == "five_point":
+        m = five_point_matrix(landmarks, size)
+        flags, border = cv2.INTER_LINEAR, cv2.BORDER_CONSTANT
+    elif alignment == "eyes":
+        m = alignment_matrix(box, landmarks, size, margin)
+        shrink = size / max(box[2] - box[0], box[3] - box[1], 1.0) < 1.0
+        flags, border = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR, cv2.BORDER_REPLICATE
+    else:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    out = cv2.warpAffine(np.asarray(img), m, (size, size), flags=flags, borderMode=border)
+    return Image.fromarray(out)
+
+
+def center_crop(img: Image.Image, size: int = 160) -> Image.Image:
+    """The central square of a whole image resized to ``size`` (fallback for pre-cropped faces)."""
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BILINEAR)
+
+
+class FaceDetector:
+    """Every face of an image, largest first, by YuNet or MTCNN (:data:`DETECTORS`).
+
+    ``crop_size``/``margin``: aligned crop side in pixels and extra context as a fraction of the
+    face box on each side; ``alignment``: one of :data:`ALIGNMENTS` (``margin`` only shapes
+    ``"eyes"``). ``max_side``: larger images are downscaled for detection only (faces
+    under ``min_face_size`` pixels *after* that downscale are missed: raise it for group photos).
+    ``pad_retry``: when nothing is found, detect once more on the image padded by this fraction
+    of its longer side (tightly cropped faces, e.g. Extended Yale B, are found that way); 0 turns
+    it off. ``min_prob``: drop detections below this probability (MTCNN's or YuNet's score).
+
+    ``detector="yunet"``: YuNet (``yunet_model``, default the bundled :data:`YUNET_FILE`;
+    ``yunet_score`` is its confidence threshold); with ``fallback`` the photos it finds no face in
+    (after the padded retry) go to MTCNN, loaded on first use. Passing ``yunet_model`` alone
+    selects YuNet. ``thresholds`` and ``min_face_size`` shape MTCNN.
+    """
+
+    def __init__(self, crop_size: int = 160, margin: float = 0.2, min_face_size: int = 20,
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_side: int = 1280, pad_retry: float = 0.25,
+                 min_prob: float = 0.0, alignment: str = "eyes", detector: str | None = None,
+                 yunet_model: str | Path | None = None, yunet_score: float = 0.6, fallback: bool = True,
+                 device: str | torch.device = "cpu") -> None:
+        if crop_size < 8 or margin < 0 or max_side < 32:
+            raise ValueError("need crop_size >= 8, margin >= 0 and max_side >= 32")
+        if alignment not in ALIGNMENTS:
+            raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+        detector = detector or ("yunet" if yunet_model is not None else "mtcnn")
+        if detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
+        if detector == "mtcnn" and yunet_model is not None:
+            raise ValueError("yunet_model is given but detector='mtcnn'")
+        self.alignment, self.detector = alignment, detector
+        self.crop_size, self.margin, self.max_side = int(crop_size), float(margin), int(max_side)
+        self.pad_retry, self.min_prob, self.min_face_size = float(pad_retry), float(min_prob), int(min_face_size)
+        self.fallback = bool(fallback) and detector == "yunet"
+        self._thresholds, self._device = list(thresholds), torch.device(device)
+        self._mtcnn: Any = None
+        self.yunet: Any = None
+        if detector == "yunet":
+            path = Path(yunet_model) if yunet_model is not None else YUNET_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"no YuNet model at {path} (face_detection_yunet_*.onnx from OpenCV Zoo"
+                                        + ("; reinstall h_model, it ships one)" if yunet_model is None else ")"))
+            self.yunet = cv2.FaceDetectorYN.create(str(path), "", (320, 320), float(yunet_score), 0.3, 5000)
+        else:
+            self._mtcnn = self._make_mtcnn()
+
+    def _make_mtcnn(self) -> Any:
+        from facenet_pytorch import MTCNN
+
+        return MTCNN(keep_all=True, min_face_size=self.min_face_size, thresholds=self._thresholds,
+                     device=self._device)
+
+    @property
+    def mtcnn(self) -> Any:
+        """The MTCNN detector (the YuNet detector's fallback: created on first use)."""
+        if self._mtcnn is None:
+            self._mtcnn = self._make_mtcnn()
+        return self._mtcnn
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What shapes the crops (part of a face model's identity). ``alignment`` is named only when it
+        is not ``"eyes"``, so models and galleries made before it existed keep their fingerprints."""
+        out: dict[str, Any] = {"crop_size": self.crop_size, "margin": self.margin}
+        if self.alignment != "eyes":
+            out["alignment"] = self.alignment
+        if self.yunet is not None:
+            out["detector"] = "yunet"
+        return out
+
+    def detect(self, image: ImageInput) -> list[Face]:
+        """All faces in one image, largest first; :class:`NoFaceError` when there is none."""
+        faces = self.detect_many([image])[0]
+        if not faces:
+            raise NoFaceError("no face found in the image")
+        return faces
+
+    def largest(self, images: Sequence[ImageInput]) -> list[Face]:
+        """The largest face of each image; :class:`NoFaceError` (with ``index``) for one without."""
+        out = []
+        for i, faces in enumerate(self.detect_many(images)):
+            if not faces:
+                raise NoFaceError(f"no face found in image #{i}", index=i)
+            out.append(faces[0])
+        return out
+
+    def detect_many(self, images: Sequence[ImageInput]) -> list[list[Face]]:
+        """Faces of several images (an empty list where none): images of one size share a batch."""
+        if not isinstance(images, (list, tuple)):
+            raise TypeError("detect_many expects a list of images")
+        rgb = []
+        for i, src in enumerate(images):
+            try:
+                rgb.append(load_rgb(src))
+            except ImageDecodeError as e:
+                raise ImageDecodeError(f"image #{i}: {e}") from e
+        small, scales = zip(*(self._downscale(im) for im in rgb)) if rgb else ((), ())
+        found = self._find(list(small), self.detector)
+        if self.fallback:
+            missing = [i for i, f in enumerate(found) if f is None]
+            for i, res in zip(missing, self._find([small[i] for i in missing], "mtcnn")):
+                found[i] = res
+        return [self._faces(rgb[i], found[i], scales[i]) for i in range(len(rgb))]
+
+    # -- internals ---------------------------------------------------------------------------
+    def _downscale(self, img: Image.Image) -> tuple[Image.Image, float]:
+        f = self.max_side / max(img.size)
+        if f >= 1.0:
+            return img, 1.0
+        size = (max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f)))
+        return img.resize(size, Image.BILINEAR), f
+
+    def _find(self, imgs: list[Image.Image], engine: str) -> list[Found | None]:
+        """``engine``'s detections of each image, and on the padded image where there were none."""
+        found = self._yunet_each(imgs) if engine == "yunet" else self._mtcnn_grouped(imgs)
+        if self.pad_retry > 0:
+            missing = [i for i, f in enumerate(found) if f is None]
+            for i, res in zip(missing, self._detect_padded([imgs[i] for i in missing], engine)):
+                found[i] = res
+        return found
+
+    def _yunet_each(self, imgs: list[Image.Image]) -> list[Found | None]:
+        return [self._yunet(im) if min(im.size) >= 12 else None for im in imgs]
+
+    def _mtcnn_grouped(self, imgs: list[Image.Image]) -> list[Found | None]:
+        """MTCNN over same-size groups; per image (boxes, probs, landmarks) or None."""
+        out: list[Found | None] = [None] * len(imgs)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(imgs):
+            if min(im.size) >= max(self.min_face_size, 12):  # smaller: MTCNN's pyramid is empty
+                groups.setdefault(im.size, []).append(i)
+        for idx in groups.values():
+            boxes, probs, points = self.mtcnn.detect([imgs[i] for i in idx], landmarks=True)
+            for j, i in enumerate(idx):
+                if boxes[j] is None:
+                    continue
+                b = np.asarray(boxes[j], dtype=np.float32).reshape(-1, 4)
+                p = np.asarray(probs[j], dtype=np.float32).reshape(-1)
+                lm = np.asarray(points[j], dtype=np.float32).reshape(-1, 5, 2)
+                keep = p >= self.min_prob
+                if keep.any():
+                    out[i] = (b[keep], p[keep], lm[keep])
+        return out
+
+    def _yunet(self, img: Image.Image) -> Found | None:
+        """YuNet's (boxes, scores, landmarks) of one RGB image, or None."""
+        bgr = np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+        self.yunet.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, found = self.yunet.detect(bgr)
+        if found is None or len(found) == 0:
+            return None
+        found = np.asarray(found, np.float32)
+        keep = found[:, 14] >= self.min_prob
+        if not keep.any():
+            return None
+        f = found[keep]
+        boxes = np.stack([f[:, 0], f[:, 1], f[:, 0] + f[:, 2], f[:, 1] + f[:, 3]], 1)
+        return boxes, f[:, 14], f[:, 4:14].reshape(-1, 5, 2)
+
+    def _detect_padded(self, imgs: list[Image.Image], engine: str) -> list[Found | None]:
+        padded, pads = [], []
+        for im in imgs:
+            pad = int(round(self.pad_retry * max(im.size)))
+            a = cv2.copyMakeBorder(np.asarray(im), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+            padded.append(Image.fromarray(a))
+            pads.append(pad)
+        res = self._yunet_each(padded) if engine == "yunet" else self._mtcnn_grouped(padded)
+        out: list[Found | None] = []
+        for r, pad in zip(res, pads):
+            out.append(None if r is None else (r[0] - pad, r[1], r[2] - pad))
+        return out
+
+    def _faces(self, img: Image.Image, found: Found | None,
+               scale: float) -> list[Face]:
+        if found is None:
+            return []
+        boxes, probs, points = found
+        boxes, points = boxes / scale, points / scale
+        faces = [Face(box=b, prob=float(p), landmarks=lm,
+                      crop=align_face(img, b, lm, self.crop_size, self.margin, self.alignment))
+                 for b, p, lm in zip(boxes, probs, points)]
+        return sorted(faces, key=lambda f: -f.area)
