@@ -9,7 +9,8 @@ of the machine it was trained on (a face pack, a precomputed teacher file) so th
 points at the photos again, then measures the few-shot figures (5w1s, 5w5s, 20w1s on the test
 identities, 1000 episodes each) and recalibrates the verification threshold (FAR 1e-3 on
 validation pairs, 10-fold report on test pairs) on crops aligned here from the original photos,
-with the checkpoint's own alignment (``data.alignment``: "eyes" or "five_point").
+with the checkpoint's own alignment (``data.alignment``: "eyes" or "five_point") and detector
+(``data.detector``: "mtcnn" or "yunet"; ``--detector`` sets it).
 ``--float16`` stores the weights in half precision (they load back into float32 modules).
 A run trained from a pack (WebP crops) thus gets figures and a threshold for the crops it will
 see in use. ``--flip-embed`` turns on the test-time flip (see ``FewShotModel.flip_embed``) before
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--float16", action="store_true", help="store the weights in half precision")
     ap.add_argument("--flip-embed", action="store_true",
                     help="embed each crop as the mean of it and its mirror image (test-time flip; twice the cost)")
+    ap.add_argument("--detector", choices=("mtcnn", "yunet"), default=None,
+                    help="the face detector the model is used with (stored in its config; default: the run's)")
     a = ap.parse_args(argv)
 
     import torch
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         m["path"] = Path(m["path"]).name
     if a.flip_embed:
         cfg["model"].setdefault("model_kwargs", {})["flip_embed"] = True
+    if a.detector:
+        cfg["data"]["detector"] = a.detector
+        cfg.setdefault("face", {})["detector"] = a.detector
     if a.float16 and "source" in cfg:
         cfg["source"]["stored_as"] = "float16"
     write_json(dst / "config.json", cfg)
@@ -93,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     d = cfg["data"]
     alignment = d.get("alignment", "eyes")
     _, val, test = load_splits("faces", data_root=a.data_root, image_size=d["image_size"], seed=d["seed"],
-                               margin=d["margin"], alignment=alignment)
+                               margin=d["margin"], alignment=alignment, detector=d.get("detector", "mtcnn"))
     prep = Preprocess.from_dict(cfg["preprocess"])
     val.preprocess = test.preprocess = prep  # the checkpoint's own normalisation
     model, _ = load_checkpoint(dst / "model.safetensors", "cpu")
