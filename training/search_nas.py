@@ -34,8 +34,8 @@ from h_model.search.nas import NASEvaluator, NASSpace, rebuild_info  # noqa: E40
 from h_model.search.reinforce import Reinforce, time_to_reach  # noqa: E402
 
 TRAIN_SETTINGS = {"variant": "proto", "dataset": "omniglot", "image_size": 28, "episodes": 2400,
-                  "time_limit_min": 24, "train_way": 60, "train_shot": 5, "train_query": 5, "test_way": 5,
-                  "test_shot": 1, "val_every": 150, "val_episodes": 600, "lr": 0.001, "lr_schedule": "cosine",
+                  "time_limit_min": 24, "train_way": 60, "train_shot": 5, "train_query": 5, "val_way": 5,
+                  "val_shot": 1, "val_every": 150, "val_episodes": 600, "lr": 0.001, "lr_schedule": "cosine",
                   "eval_episodes": 1000, "out": "runs/nas_best_omniglot"}
 
 
