@@ -22,7 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from h_model.checkpoint import write_json  # noqa: E402
-from h_model.search.cli import common_parser, exit_code, make_task, print_summary, run_search  # noqa: E402
+from h_model.search.cli import common_parser, search_main  # noqa: E402
 from h_model.search.optimizers import OptimizerEvaluator, OptimizerSpace, crescent, rule_string  # noqa: E402
 
 
@@ -43,15 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(res["table"])
         print(f"wrote {res['png']}")
         return 0
-
-    def search() -> int:
-        task = make_task(a)
-        results = run_search(OptimizerSpace(), lambda: OptimizerEvaluator(task, a.lrs), a, rebuild)
-        print_summary(results)
-        print("best rule:", rule_string(results["best"]["design"]))
-        return 0
-
-    return exit_code(search)
+    return search_main(a, OptimizerSpace(), lambda task: OptimizerEvaluator(task, a.lrs), rebuild, rule_string, "rule")
 
 
 if __name__ == "__main__":

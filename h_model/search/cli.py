@@ -72,6 +72,19 @@ def exit_code(search: Callable[[], int]) -> int:
     return run_main(search, interrupted="interrupted; continue with --resume")
 
 
+def search_main(a: argparse.Namespace, space: ChoiceSpace, make_evaluator: Callable[[FewShotTask], Evaluator],
+                rebuild: Callable[[Any], dict[str, Any]], describe: Callable[[Any], str], what: str) -> int:
+    """A search script's whole run: the search the flags ask for, its summary and the best design
+    (``best {what}: {describe(design)}``); the exit code of :func:`exit_code`."""
+    def search() -> int:
+        task = make_task(a)
+        results = run_search(space, lambda: make_evaluator(task), a, rebuild)
+        print_summary(results)
+        print(f"best {what}:", describe(results["best"]["design"]))
+        return 0
+    return exit_code(search)
+
+
 def make_task(a: argparse.Namespace) -> FewShotTask:
     """The Omniglot child task the flags describe."""
     cfg = ChildConfig(steps=a.steps, val_episodes=a.val_episodes)
