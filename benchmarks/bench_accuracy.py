@@ -22,6 +22,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from h_model.checkpoint import write_json  # noqa: E402
 SETTINGS = ["5w1s", "5w5s", "20w1s", "20w5s"]
 PAPER = {  # GPU, full schedules, as reported
     "proto": ("Snell et al. 2017", [98.8, 99.7, 96.0, 98.9]),
@@ -75,8 +78,7 @@ def main() -> int:
     out = Path(a.out)
     old = json.loads(out.read_text()) if out.exists() else {}
     old.update(table)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(old, indent=2) + "\n")
+    write_json(out, old)
     print("\n| variant | | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot | CPU training |")
     print("|---|---|---|---|---|---|---|")
     for v, r in table.items():

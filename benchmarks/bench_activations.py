@@ -15,7 +15,6 @@ by more, a tie otherwise. Prints the tables and writes ``--json`` (and a PNG bes
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from h_model.plots import accuracy_bars, pyplot, save_figure, write_report  # noqa: E402
 from h_model.data import load_splits  # noqa: E402
 from h_model.data.root import resolve_data_root  # noqa: E402
 from h_model.search.activations import Swish  # noqa: E402
@@ -77,24 +77,12 @@ def verdict(swish: list[float], base: list[float]) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     tasks = list(results)
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        names = list(results[task])
-        means = [100 * results[task][n]["mean"] for n in names]
-        stds = [100 * results[task][n]["std"] for n in names]
-        ax.bar(range(len(names)), means, yerr=stds, color=["C1" if n.startswith("Swish") else "C0" for n in names])
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-        lo = min(m - s for m, s in zip(means, stds))
-        ax.set_ylim(max(0.0, lo - 2), min(100.0, max(m + s for m, s in zip(means, stds)) + 1))
+        accuracy_bars(ax, results[task], lambda n: n.startswith("Swish"), rotation=60, fontsize=8)
         ax.set_title(task, fontsize=10)
-        ax.set_ylabel("5-way 1-shot test accuracy (%)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"settings": vars(a), "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
            "accuracy": results, "swish_vs": table, "counts": counts}
     if a.json:
-        path = Path(a.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=2) + "\n")
-        plot(results, path.with_suffix(".png"))
-        print(f"wrote {path} and {path.with_suffix('.png')}")
+        write_report(a.json, out, lambda png: plot(results, png))
     return 0
 
 

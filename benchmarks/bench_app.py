@@ -15,7 +15,6 @@ The target is p50 <= 300 ms on a 2-core CPU. Figures are printed and written as 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,6 +28,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from h_model.plots import write_report  # noqa: E402
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -178,9 +179,7 @@ def main() -> int:
         "load_20_concurrent": "20 requests at once against --concurrency 2: latency includes waiting in the queue",
         "load_20_concurrent_api": "as load_20_concurrent, through the JSON API"}
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_report(out, result)
     return 0
 
 

@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from h_model.checkpoint import write_json  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:10s} rc={rc} episodes={train.get('episodes')} ep/s={train.get('episodes_per_s')} "
               f"gpu={train.get('gpu')} val={train.get('best_val_accuracy')} "
               f"verification={ver.get('accuracy')} tar@far1e-3={ver.get('tar_at_far', {}).get('0.001', {}).get('tar')}", flush=True)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(report, indent=2))
+    write_json(a.out, report)
     return 0 if all(r["rc"] == 0 for r in report["runs"].values()) else 1
 
 

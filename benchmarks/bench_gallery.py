@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import os
 import platform
@@ -56,6 +55,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from h_model.checkpoint import write_json  # noqa: E402
 from h_model.faces.gallery import DB_NAME, Gallery  # noqa: E402
 
 MODEL_ID = "bench:synthetic"
@@ -355,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - t0}
     print("\n" + table(results))
     print(f"peak RSS {report['peak_rss_mb']:.0f} MB, {report['seconds']:.0f} s in all")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_json(a.out, report)
     if a.work_dir is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0

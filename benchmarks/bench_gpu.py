@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from h_model.checkpoint import write_json  # noqa: E402
 META = ("maml", "fomaml", "lstm")
 
 
@@ -122,8 +125,7 @@ def main() -> int:
 
     def save() -> None:  # after every part, so a run cut short keeps what it measured
         report["total_s"] = round(time.time() - t0, 1)
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps(report, indent=1))
+        write_json(a.out, report, indent=1)
 
     if "maml_speed" in a.parts:
         print("== MAML meta-iteration cost", flush=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import multiprocessing as mp
 import platform
 import resource
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from h_model.plots import write_report  # noqa: E402
 from h_model.meta.maml import GradientMetaLearner  # noqa: E402
 from h_model.models import create_model  # noqa: E402
 
@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"settings": {k: v for k, v in vars(a).items() if k != "out"}, "results": res, "summary": summary,
            "torch": torch.__version__, "machine": platform.machine(), "python": platform.python_version(),
            "note": "times are wall-clock medians; on a shared machine they carry its load"}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    write_report(a.out, out)
     return 0
 
 

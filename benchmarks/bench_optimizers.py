@@ -14,7 +14,6 @@ the sign term over the run) are included. Prints the table and writes ``--json``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -27,6 +26,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from h_model.plots import accuracy_bars, pyplot, save_figure, write_report  # noqa: E402
 from h_model.data import load_splits  # noqa: E402
 from h_model.search.optimizers import AddSign, PowerSign  # noqa: E402
 from h_model.search.task import ChildConfig, FewShotTask, SmallConvNet  # noqa: E402
@@ -48,22 +48,10 @@ def optimizers(steps: int) -> dict[str, tuple[Callable[[Params, float], torch.op
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = list(results)
-    means = [100 * results[n]["mean"] for n in names]
-    stds = [100 * results[n]["std"] for n in names]
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    ax.bar(range(len(names)), means, yerr=stds, color=["C1" if "Sign" in n else "C0" for n in names])
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylim(max(0.0, min(m - s for m, s in zip(means, stds)) - 2),
-                min(100.0, max(m + s for m, s in zip(means, stds)) + 1))
-    ax.set_ylabel("5-way 1-shot test accuracy (%)")
+    fig, ax = pyplot().subplots(figsize=(6.5, 3.6))
+    accuracy_bars(ax, results, lambda n: "Sign" in n, rotation=30)
     ax.set_title("Prototypical network on Omniglot, same budget")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,11 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"settings": vars(a), "seconds": round(time.time() - t0, 1), "torch_threads": torch.get_num_threads(),
            "results": results}
     if a.json:
-        path = Path(a.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(out, indent=2) + "\n")
-        plot(results, path.with_suffix(".png"))
-        print(f"wrote {path} and {path.with_suffix('.png')}")
+        write_report(a.json, out, lambda png: plot(results, png))
     return 0
 
 

@@ -9,7 +9,6 @@ settings on Omniglot and projects ``budget x mean seconds`` for each script's de
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from h_model.checkpoint import write_json  # noqa: E402
 from h_model.search.activations import ActivationEvaluator, ActivationSpace  # noqa: E402
 from h_model.search.nas import NASEvaluator, NASSpace  # noqa: E402
 from h_model.search.optimizers import OptimizerEvaluator, OptimizerSpace  # noqa: E402
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {mean:.2f} s/design -> {out[name]['projected_minutes']} min for the default "
               f"{DEFAULT_BUDGETS[name]} designs (the scripts also stop at --time-limit-min 28)")
     if a.json:
-        Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(a.json, out)
     return 0
 
 

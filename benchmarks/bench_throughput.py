@@ -28,6 +28,7 @@ from PIL import Image
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from h_model.checkpoint import write_json  # noqa: E402
 from h_model.data import omniglot_splits  # noqa: E402
 from h_model.episodes import EpisodeSampler  # noqa: E402
 from h_model.models import create_model  # noqa: E402
@@ -156,8 +157,7 @@ def main() -> None:
         amp_s = float(np.mean(t_amp[2:]))
         res.update(h_model_amp_s_per_episode=round(amp_s, 4), h_model_amp_episodes_per_s=round(1 / amp_s, 3),
                    speedup_amp=round(ref_s / amp_s, 2))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(res, indent=2) + "\n")
+    write_json(a.out, res)
     print(json.dumps(res, indent=2))
 
 

@@ -40,6 +40,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from h_model.checkpoint import write_json  # noqa: E402
 from h_model.data import ImageSet, omniglot_splits  # noqa: E402
 from h_model.episodes import EpisodeSampler  # noqa: E402
 from h_model.evaluate import embed_all  # noqa: E402
@@ -262,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
               "speedup_to_easyfsl_best": sbest["value"], "speedup_to_easyfsl_best_is_lower_bound": sbest["lower_bound"],
               "curves": {"h_model": ours.__dict__, "easyfsl": theirs.__dict__}}
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     plot({"h_model": ours, "easyfsl": theirs}, out.with_suffix(".png"),
          f"{cpu['model']} ({', '.join(cpu['flags'])}), {a.threads} threads, ISA cap {cpu['onednn_max_cpu_isa'] or 'none'}")
     print(json.dumps({k: report[k] for k in ("seconds", "easyfsl_best_20w1s", "speedup_to_97",

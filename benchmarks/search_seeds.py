@@ -32,6 +32,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from h_model.checkpoint import write_json  # noqa: E402
+
 SEARCHES = ("optimizer", "activation", "nas")
 
 
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     table = compare(jobs)
     report = {"args": vars(a), "variants": variants, "wall_s": round(time.time() - t0, 1), "comparison": table,
               "jobs": jobs}
-    (out / "study.json").write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out / "study.json", report, indent=1)
     plot(jobs, out / "study.png")
     print(f"\n{'search':10s} {'controller':18s} {'vs':14s} seeds wins  mean ctrl  mean rand  diff")
     for r in table:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_faces as bf  # noqa: E402
+from h_model.plots import write_report  # noqa: E402
 from h_model.data.faces import faces_splits  # noqa: E402
 from h_model.faces.verifier import l2_normalize  # noqa: E402
 
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"best on validation pairs (accuracy, then AUC): {best}")
     out = {"benchmark": "face ensemble selection", "models": a.model, "max_size": a.max_size, "pairs": a.pairs, "folds": a.folds,
            "seed": a.seed, "chosen_on": "val", "best_on_val": best, "candidates": candidates}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {a.out}")
+    write_report(a.out, out)
     return 0
 
 

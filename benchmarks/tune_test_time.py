@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from h_model.checkpoint import CONFIG, load_checkpoint, write_json
     from h_model.data import load_splits
     from h_model.evaluate import evaluate
+    from h_model.plots import write_report
 
     torch.set_num_threads(a.threads)
     run = Path(a.run_dir)
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(run / CONFIG, cfg)
         print(f"wrote {a.knob}={best} into {run / CONFIG}")
     if a.out:
-        Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
-        print(f"wrote {a.out}")
+        write_report(a.out, out, indent=1)
     return 0
 
 

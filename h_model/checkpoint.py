@@ -38,12 +38,13 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
+    """``obj`` as indented JSON (and a final newline), written atomically; makes the folder."""
     def w(tmp: str) -> None:
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
+            json.dump(obj, f, indent=indent)
             f.write("\n")
-    atomic_write(path, w)
+    atomic_write(Path(path), w)
 
 
 def save_checkpoint(run_dir: str | Path, model: FewShotModel, config: dict[str, Any],

@@ -10,8 +10,11 @@
   few-shot head measures distances in, whatever ``P`` learns.
 
 The module owns ``P``'s parameters: give them to the optimizer with the student's.
+:class:`TeacherTargets` holds what is distilled: the teacher's embedding of every training image.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -64,3 +67,31 @@ class DistillLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"student_dim={self.student_dim}, teacher_dim={self.teacher_dim}, "
                 f"embed_weight={self.embed_weight}, relation_weight={self.relation_weight}")
+
+
+@dataclass
+class TeacherTargets:
+    """A frozen teacher's embeddings ``[N, D]`` of a training set, row ``i`` for its image ``i``.
+
+    Whoever knows the teacher builds them (``h_model.faces.training`` for the face teachers) and
+    gives the trainer a function ``ImageSet -> TeacherTargets``.
+    """
+
+    teacher_id: str
+    embeddings: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.embeddings.dim() != 2:
+            raise ValueError(f"teacher embeddings must be [N, D], got {tuple(self.embeddings.shape)}")
+        self.embeddings = self.embeddings.float()
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def to(self, device: torch.device | str) -> "TeacherTargets":
+        return TeacherTargets(self.teacher_id, self.embeddings.to(device))
+
+    def of_episode(self, support_idx: torch.Tensor, query_idx: torch.Tensor) -> torch.Tensor:
+        """Targets ``[B, S + Q, D]`` of an episode batch's support then query images (ImageSet indices)."""
+        return self.embeddings[torch.cat([support_idx, query_idx], 1).to(self.embeddings.device)]

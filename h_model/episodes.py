@@ -33,6 +33,18 @@ class Episode:
                        self.query_y.to(device), self.classes, self.way, self.support_idx, self.query_idx)
 
 
+def split_support_query(x: torch.Tensor, shot: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-class items ``[B, N, K+Q, ...]`` (``shot`` = K support, then Q query) -> support
+    ``[B, N*K, ...]``, its labels ``[B, N*K]``, query ``[B, N*Q, ...]``, its labels ``[B, N*Q]``;
+    labels are 0..N-1, class-major, on ``x``'s device."""
+    B, N, per = x.shape[:3]
+    Q = per - shot
+    labels = torch.arange(N, device=x.device).view(1, N, 1)
+    support = x[:, :, :shot].reshape(B, N * shot, *x.shape[3:])
+    query = x[:, :, shot:].reshape(B, N * Q, *x.shape[3:])
+    return support, labels.expand(B, N, shot).reshape(B, N * shot), query, labels.expand(B, N, Q).reshape(B, N * Q)
+
+
 class EpisodeSampler:
     """Draws ``episodes_per_batch`` episodes at a time, reproducibly from ``seed``.
 
@@ -80,16 +92,10 @@ class EpisodeSampler:
 
     def sample(self) -> Episode:
         idx, classes = self.sample_indices()
-        B, N, K = self.batch, self.way, self.shot
-        imgs = self.data.images[idx.flatten()].view(B, N, K + self.query, *self.data.images.shape[1:])
-        labels = torch.arange(N).view(1, N, 1)
-        sx = imgs[:, :, :K].reshape(B, N * K, *imgs.shape[3:])
-        qx = imgs[:, :, K:].reshape(B, N * self.query, *imgs.shape[3:])
-        sy = labels.expand(B, N, K).reshape(B, N * K)
-        qy = labels.expand(B, N, self.query).reshape(B, N * self.query)
-        s_idx = idx[:, :, :K].reshape(B, N * K)
-        q_idx = idx[:, :, K:].reshape(B, N * self.query)
-        return Episode(sx, sy, qx, qy, classes, N, s_idx, q_idx)
+        imgs = self.data.images[idx.flatten()].view(*idx.shape, *self.data.images.shape[1:])
+        sx, sy, qx, qy = split_support_query(imgs, self.shot)
+        s_idx, _, q_idx, _ = split_support_query(idx, self.shot)
+        return Episode(sx, sy, qx, qy, classes, self.way, s_idx, q_idx)
 
     def __iter__(self):
         while True:

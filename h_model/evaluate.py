@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from .data.imageset import ImageSet
-from .episodes import EpisodeSampler
+from .episodes import EpisodeSampler, split_support_query
 from .models import FewShotModel
 from .test_time import TestTime, parse_test_time, tta_embed, tt_head
 
@@ -68,18 +68,14 @@ def evaluate(model: FewShotModel, data: ImageSet, way: int, shot: int, query: in
     model.eval()
     accs = []
     done = 0
-    labels = torch.arange(way, device=device).view(1, way, 1)
     with tqdm(total=episodes, desc=f"eval {way}w{shot}s", leave=False, disable=not progress) as bar:
         while done < episodes:
             if fast:
                 with torch.inference_mode():
                     idx, _ = sampler.sample_indices()
-                    e = z[idx.to(z.device)]                                    # [B, N, K+Q, D]
-                    B = e.shape[0]
-                    sy = labels.expand(B, way, shot).reshape(B, -1)
-                    qy = labels.expand(B, way, query).reshape(B, -1)
-                    logits = tt_head(model, tt, e[:, :, :shot].reshape(B, way * shot, -1), sy,
-                                     e[:, :, shot:].reshape(B, way * query, -1), way)
+                    sz, sy, qz, qy = split_support_query(z[idx.to(z.device)], shot)  # from [B, N, K+Q, D]
+                    B = sz.shape[0]
+                    logits = tt_head(model, tt, sz, sy, qz, way)
             else:
                 with torch.no_grad():
                     ep = sampler.sample().to(device, data.preprocess)

@@ -36,7 +36,7 @@ def test_cpu_amp_only_with_native_bf16(monkeypatch, caplog):
     import torch
 
     caplog.set_level(logging.INFO)
-    from h_model import trainer
+    from h_model.trainer import step as trainer
 
     monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: False)
     assert trainer.amp_settings(True, torch.device("cpu")) == (torch.bfloat16, False)

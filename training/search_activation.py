@@ -20,9 +20,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from h_model.data import DataNotFoundError  # noqa: E402
 from h_model.search.activations import ActivationEvaluator, ActivationSpace, formula  # noqa: E402
-from h_model.search.cli import common_parser, make_task, print_summary, run_search  # noqa: E402
+from h_model.search.cli import common_parser, search_main  # noqa: E402
 
 
 def rebuild(design: dict[str, Any]) -> dict[str, Any]:
@@ -36,18 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--units", type=int, default=1, choices=(1, 2), help="core units per activation")
     ap.add_argument("--hidden", type=int, default=16, help="channels of the child conv net")
     a = ap.parse_args(argv)
-    try:
-        task = make_task(a)
-        results = run_search(ActivationSpace(a.units), lambda: ActivationEvaluator(task, a.hidden), a, rebuild)
-    except DataNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    print_summary(results)
-    print("best activation:", formula(results["best"]["design"]))
-    return 0
+    return search_main(a, ActivationSpace(a.units), lambda task: ActivationEvaluator(task, a.hidden), rebuild,
+                       formula, "activation")
 
 
 if __name__ == "__main__":

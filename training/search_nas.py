@@ -28,14 +28,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from h_model.checkpoint import write_json  # noqa: E402
-from h_model.data import DataNotFoundError  # noqa: E402
-from h_model.search.cli import common_parser, make_task, print_summary, reinforce_config, run_search  # noqa: E402
+from h_model.search.cli import common_parser, exit_code, make_task, print_summary, reinforce_config, run_search  # noqa: E402
 from h_model.search.nas import NASEvaluator, NASSpace, rebuild_info  # noqa: E402
 from h_model.search.reinforce import Reinforce, time_to_reach  # noqa: E402
 
 TRAIN_SETTINGS = {"variant": "proto", "dataset": "omniglot", "image_size": 28, "episodes": 2400,
-                  "time_limit_min": 24, "train_way": 60, "train_shot": 5, "train_query": 5, "test_way": 5,
-                  "test_shot": 1, "val_every": 150, "val_episodes": 600, "lr": 0.001, "lr_schedule": "cosine",
+                  "time_limit_min": 24, "train_way": 60, "train_shot": 5, "train_query": 5, "val_way": 5,
+                  "val_shot": 1, "val_every": 150, "val_episodes": 600, "lr": 0.001, "lr_schedule": "cosine",
                   "eval_episodes": 1000, "out": "runs/nas_best_omniglot"}
 
 
@@ -89,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compare-sharing", action="store_true", help="search with and without sharing, same budget")
     ap.add_argument("--train-config", default=None, help="train this nas_cnn YAML config from scratch and exit")
     a = ap.parse_args(argv)
-    try:
+
+    def search() -> int:
         if a.train_config:
             return train_config(a.train_config)
         space = NASSpace(a.layers)
@@ -100,16 +100,12 @@ def main(argv: list[str] | None = None) -> int:
             results = run_search(space, lambda: NASEvaluator(task, share=not a.no_share), a, rebuild_info,
                                  {"weight_sharing": not a.no_share})
             print_summary(results)
-    except DataNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    best = results["best"]
-    (Path(a.out) / "nas_best.yaml").write_text(best_config(best["design"], best["reward"]))
-    print(f"wrote {Path(a.out) / 'results.json'} and {Path(a.out) / 'nas_best.yaml'}")
-    return 0
+        best = results["best"]
+        (Path(a.out) / "nas_best.yaml").write_text(best_config(best["design"], best["reward"]))
+        print(f"wrote {Path(a.out) / 'results.json'} and {Path(a.out) / 'nas_best.yaml'}")
+        return 0
+
+    return exit_code(search)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from h_model.checkpoint import write_json  # noqa: E402
-from h_model.data import DataNotFoundError  # noqa: E402
-from h_model.search.cli import common_parser, make_task, print_summary, run_search  # noqa: E402
+from h_model.search.cli import common_parser, search_main  # noqa: E402
 from h_model.search.optimizers import OptimizerEvaluator, OptimizerSpace, crescent, rule_string  # noqa: E402
 
 
@@ -44,18 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         print(res["table"])
         print(f"wrote {res['png']}")
         return 0
-    try:
-        task = make_task(a)
-        results = run_search(OptimizerSpace(), lambda: OptimizerEvaluator(task, a.lrs), a, rebuild)
-    except DataNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 130
-    print_summary(results)
-    print("best rule:", rule_string(results["best"]["design"]))
-    return 0
+    return search_main(a, OptimizerSpace(), lambda task: OptimizerEvaluator(task, a.lrs), rebuild, rule_string, "rule")
 
 
 if __name__ == "__main__":

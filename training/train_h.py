@@ -17,13 +17,15 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from h_model.cli import run_main  # noqa: E402
 from h_model.data import DataNotFoundError  # noqa: E402
-from h_model.trainer import TrainConfig, train  # noqa: E402
+from h_model.trainer import TrainConfig, renamed_options, train  # noqa: E402
 
 CONFIGS = Path(__file__).parent / "configs"
 # the base config when --config is not given: the dataset's own (faces need other sizes and models)
@@ -45,8 +47,8 @@ FLAGS = {
     "--train-shot": ("train_shot", int, "support examples per class in training"),
     "--train-query": ("train_query", int, "query examples per class in training"),
     "--episodes-per-batch": ("episodes_per_batch", int, "episodes per optimiser step"),
-    "--test-way": ("test_way", int, "classes per validation episode"),
-    "--test-shot": ("test_shot", int, "support examples per class in validation"),
+    "--val-way": ("val_way", int, "classes per validation episode"),
+    "--val-shot": ("val_shot", int, "support examples per class in validation"),
     "--val-every": ("val_every", int, "validate every N episodes"),
     "--val-episodes": ("val_episodes", int, "episodes per validation"),
     "--checkpoint-every": ("checkpoint_every", int, "save the resumable state every N episodes"),
@@ -63,6 +65,7 @@ FLAGS = {
     "--distill-relation": ("distill_relation", float, "weight of the relational distillation term"),
     "--out": ("out", str, "run directory"),
 }
+OLD_FLAGS = {"--val-way": ("--test-way",), "--val-shot": ("--test-shot",)}  # earlier spellings, still accepted
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -78,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     ap.add_argument("--face-pack", default=None, help="read aligned face crops from this pack folder "
                     "(python -m h_model.faces pack) instead of the photos")
     for flag, (dest, typ, help_) in FLAGS.items():
-        ap.add_argument(flag, dest=dest, type=typ, default=None, help=help_)
+        ap.add_argument(flag, *OLD_FLAGS.get(flag, ()), dest=dest, type=typ, default=None, help=help_)
     ap.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="mixed precision: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs with AMX / AVX-512 BF16 "
                          "(on in default.yaml; --no-amp: float32)")
@@ -89,7 +92,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     cfg_path = Path(a.config) if a.config else DEFAULT_CONFIGS.get(a.dataset or "omniglot", DEFAULT_CONFIGS["omniglot"])
     if not cfg_path.is_file():
         ap.error(f"config file not found: {cfg_path}")
-    values = yaml.safe_load(cfg_path.read_text()) or {}
+    try:
+        values = renamed_options(yaml.safe_load(cfg_path.read_text()) or {})
+    except ValueError as e:
+        ap.error(f"{cfg_path}: {e}")
     extra = {"config", "backbone_weights", "teacher_weights", "teacher_file", "face_pack"}
     values.update({k: v for k, v in vars(a).items() if k not in extra and v is not None})
     if a.backbone_weights:
@@ -106,20 +112,25 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         ap.error(str(e))
 
 
+def extras(cfg: TrainConfig) -> dict[str, Any]:
+    """The face parts a config asks for (the threshold calibration of a face run, a teacher to
+    distil), given to the trainer; other runs need none (and do not import the face stack)."""
+    if cfg.dataset != "faces" and not cfg.teacher:
+        return {}
+    from h_model.faces.training import face_extras
+
+    return face_extras(cfg)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = parse_args(argv)
-    try:
-        train(cfg)
-    except DataNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0
+
+    def run() -> int:
+        train(cfg, **extras(cfg))
+        return 0
+
+    return run_main(run, errors=(DataNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -114,14 +114,10 @@ class AdaptiveLearner(FewShotModel):
         ``head_only``: the inputs are embeddings ``[B, S, D]`` and only the head is adapted.
         """
 
-    def forward(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
-                way: int | None = None) -> torch.Tensor:
-        single = support_x.dim() == 4
-        if single:
-            support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
-        way = int(support_y.max()) + 1 if way is None else way
-        logits, _ = self.run(support_x, support_y, query_x, way)
-        return logits[0] if single else logits
+    def episode_logits(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                       way: int) -> torch.Tensor:
+        """Query logits ``[B, Q, N]`` after adapting to each episode's support set."""
+        return self.run(support_x, support_y, query_x, way)[0]
 
     def head(self, support_z: torch.Tensor, support_y: torch.Tensor, query_z: torch.Tensor,
              way: int) -> torch.Tensor:

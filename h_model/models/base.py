@@ -64,15 +64,32 @@ class FewShotModel(nn.Module, ABC):
         if single:
             support_x, support_y, query_x = support_x[None], support_y[None], query_x[None]
         way = int(support_y.max()) + 1 if way is None else way
-        sz, qz = self.embed_episode(support_x, query_x)
-        logits = self.head(sz, support_y, qz, way)
+        logits = self.episode_logits(support_x, support_y, query_x, way)
         return logits[0] if single else logits
+
+    def episode_logits(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                       way: int) -> torch.Tensor:
+        """Logits ``[B, Q, N]`` of a batch of episodes: the head on the episode's embeddings."""
+        sz, qz = self.embed_episode(support_x, query_x)
+        return self.head(sz, support_y, qz, way)
 
     def episode_loss(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
                      query_y: torch.Tensor, way: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(training loss, logits). Cross-entropy over classes unless a variant overrides it."""
         logits = self(support_x, support_y, query_x, way)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), query_y.reshape(-1)), logits
+
+
+class LogScaleMixin:
+    """For heads whose learned inverse temperature is held as ``log_scale`` (None when not learned):
+    a checkpoint from before, with the raw ``scale`` as the parameter, loads into it."""
+
+    log_scale: nn.Parameter | None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "scale" in state_dict and self.log_scale is not None:
+            state_dict[prefix + "log_scale"] = state_dict.pop(prefix + "scale").log()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def one_hot(y: torch.Tensor, way: int, dtype: torch.dtype) -> torch.Tensor:

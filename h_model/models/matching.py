@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MODELS, FewShotModel, one_hot
+from .base import MODELS, FewShotModel, LogScaleMixin, one_hot
 
 
 class FullContextEmbedding(nn.Module):
@@ -38,7 +38,7 @@ class FullContextEmbedding(nn.Module):
         return h.view(B, Q, D)
 
 
-class MatchingNet(FewShotModel):
+class MatchingNet(LogScaleMixin, FewShotModel):
     """p(y|x, S) = sum_i softmax_i(scale * cos(f(x), g(x_i))) y_i.
 
     ``scale`` is an inverse temperature on the cosine (the paper's softmax over raw cosines is
@@ -63,11 +63,6 @@ class MatchingNet(FewShotModel):
     @property
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp() if self.log_scale is not None else self.fixed_scale
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + "scale" in state_dict and self.log_scale is not None:  # checkpoints before log_scale
-            state_dict[prefix + "log_scale"] = state_dict.pop(prefix + "scale").log()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def head(self, support_z, support_y, query_z, way):
         if self.fce is not None:

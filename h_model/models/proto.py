@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MODELS, FewShotModel, one_hot
+from .base import MODELS, FewShotModel, LogScaleMixin, one_hot
 
 
-class ProtoNet(FewShotModel):
+class ProtoNet(LogScaleMixin, FewShotModel):
     """Class prototype = mean support embedding; logits = -squared Euclidean distance.
 
     ``distance='cosine'`` uses scaled cosine similarity instead, with a learned inverse
@@ -28,11 +28,6 @@ class ProtoNet(FewShotModel):
     @property
     def scale(self) -> torch.Tensor | None:
         return None if self.log_scale is None else self.log_scale.exp()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if prefix + "scale" in state_dict and self.log_scale is not None:  # checkpoints before log_scale
-            state_dict[prefix + "log_scale"] = state_dict.pop(prefix + "scale").log()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def head(self, support_z, support_y, query_z, way):
         oh = one_hot(support_y, way, support_z.dtype)                    # [B, S, N]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..checkpoint import write_json
+from ..cli import run_main
 from ..data import ImageSet
 from ..learner import pick_device
 from .reinforce import ChoiceSpace, Evaluator, Reinforce, ReinforceConfig, safe_reward
@@ -64,6 +65,24 @@ def common_parser(description: str, budget: int, steps: int, out: str) -> argpar
     ap.add_argument("--baseline-decay", type=float, default=0.8)
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
+
+
+def exit_code(search: Callable[[], int]) -> int:
+    """A search script's exit code: 2 for missing data, 130 (saying how to continue) on Ctrl-C."""
+    return run_main(search, interrupted="interrupted; continue with --resume")
+
+
+def search_main(a: argparse.Namespace, space: ChoiceSpace, make_evaluator: Callable[[FewShotTask], Evaluator],
+                rebuild: Callable[[Any], dict[str, Any]], describe: Callable[[Any], str], what: str) -> int:
+    """A search script's whole run: the search the flags ask for, its summary and the best design
+    (``best {what}: {describe(design)}``); the exit code of :func:`exit_code`."""
+    def search() -> int:
+        task = make_task(a)
+        results = run_search(space, lambda: make_evaluator(task), a, rebuild)
+        print_summary(results)
+        print(f"best {what}:", describe(results["best"]["design"]))
+        return 0
+    return exit_code(search)
 
 
 def make_task(a: argparse.Namespace) -> FewShotTask:

@@ -86,7 +86,35 @@ def rule_string(rule: dict[str, str]) -> str:
     return f"{rule['binary']} with x={rule['unary1']}[x={rule['op1']}], y={rule['unary2']}[x={rule['op2']}]"
 
 
-class RuleOptimizer(torch.optim.Optimizer):
+class PerParameterOptimizer(torch.optim.Optimizer):
+    """``step`` runs the closure, then :meth:`update` on each parameter that has a gradient, with
+    its state (``step`` 0 plus :meth:`init_state`'s tensors on first use)."""
+
+    def init_state(self, p: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def update(self, p: Tensor, g: Tensor, st: dict[str, Any], group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st.update(self.init_state(p))
+                self.update(p, p.grad, st, group)
+        return loss
+
+
+class RuleOptimizer(PerParameterOptimizer):
     """A compiled update rule: ``w <- w - lr * binary(unary1(op1), unary2(op2))``.
 
     ``m_hat``, ``v_hat``, ``gamma_hat`` are bias-corrected running averages of g, g^2 and g^3
@@ -107,31 +135,19 @@ class RuleOptimizer(torch.optim.Optimizer):
         y = UNARY[r["unary2"]](OPERANDS[r["op2"]](state))
         return BINARY[r["binary"]](x, y)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            b1, b2, b3 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = 0
-                    st["m"], st["v"], st["gamma"] = (torch.zeros_like(p) for _ in range(3))
-                g = p.grad
-                st["step"] += 1
-                t = st["step"]
-                st["m"].mul_(b1).add_(g, alpha=1 - b1)
-                st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
-                st["gamma"].mul_(b3).add_(g ** 3, alpha=1 - b3)
-                s = {"g": g, "w": p, "m_hat": st["m"] / (1 - b1 ** t), "v_hat": st["v"] / (1 - b2 ** t),
-                     "gamma_hat": st["gamma"] / (1 - b3 ** t)}
-                p.sub_(group["lr"] * self.delta(s).to(p.dtype))
-        return loss
+    def init_state(self, p: Tensor) -> dict[str, Tensor]:
+        return dict(zip(("m", "v", "gamma"), (torch.zeros_like(p) for _ in range(3))))
+
+    def update(self, p: Tensor, g: Tensor, st: dict[str, Any], group: dict[str, Any]) -> None:
+        b1, b2, b3 = group["betas"]
+        st["step"] += 1
+        t = st["step"]
+        st["m"].mul_(b1).add_(g, alpha=1 - b1)
+        st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+        st["gamma"].mul_(b3).add_(g ** 3, alpha=1 - b3)
+        s = {"g": g, "w": p, "m_hat": st["m"] / (1 - b1 ** t), "v_hat": st["v"] / (1 - b2 ** t),
+             "gamma_hat": st["gamma"] / (1 - b3 ** t)}
+        p.sub_(group["lr"] * self.delta(s).to(p.dtype))
 
 
 # -- the paper's decays of the sign term: f(t) in [0, 1] ----------------------------------------
@@ -154,7 +170,7 @@ def decay_factor(kind: str | None, t: int, total: int, cycles: int = 1, period: 
     raise ValueError("decay must be None, 'linear', 'cyclical' or 'restart'")
 
 
-class _SignOptimizer(torch.optim.Optimizer):
+class _SignOptimizer(PerParameterOptimizer):
     """Shared machinery: m <- beta m + (1 - beta) g; w <- w - lr * rule(g, f(t) sign(g) sign(m))."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float, beta: float, decay: str | None,
@@ -166,27 +182,15 @@ class _SignOptimizer(torch.optim.Optimizer):
     def rule(self, g: Tensor, signs: Tensor, group: dict[str, Any]) -> Tensor:
         raise NotImplementedError
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["step"] = 0
-                    st["m"] = torch.zeros_like(p)
-                g = p.grad
-                st["m"].mul_(group["beta"]).add_(g, alpha=1 - group["beta"])
-                f = decay_factor(group["decay"], st["step"], max(group["decay_steps"], 1), group["cycles"],
-                                 group["restart_period"], group["restart_mult"])
-                st["step"] += 1
-                p.sub_(group["lr"] * self.rule(g, f * torch.sign(g) * torch.sign(st["m"]), group))
-        return loss
+    def init_state(self, p: Tensor) -> dict[str, Tensor]:
+        return {"m": torch.zeros_like(p)}
+
+    def update(self, p: Tensor, g: Tensor, st: dict[str, Any], group: dict[str, Any]) -> None:
+        st["m"].mul_(group["beta"]).add_(g, alpha=1 - group["beta"])
+        f = decay_factor(group["decay"], st["step"], max(group["decay_steps"], 1), group["cycles"],
+                         group["restart_period"], group["restart_mult"])
+        st["step"] += 1
+        p.sub_(group["lr"] * self.rule(g, f * torch.sign(g) * torch.sign(st["m"]), group))
 
 
 class PowerSign(_SignOptimizer):

@@ -126,7 +126,7 @@ def test_face_training_run_calibrates_its_threshold(face_tree: Path, tmp_path: P
     import json
 
     from h_model.faces import FaceVerifier
-    from h_model.trainer import TrainConfig, train
+    from h_model.faces.training import TrainConfig, train
 
     cfg = TrainConfig(variant="proto", backbone="face_resnet", backbone_kwargs={"channels": [8, 8, 16, 16]},
                       model_kwargs={"distance": "cosine"}, dataset="faces", data_root=str(face_tree),
@@ -148,7 +148,7 @@ def test_face_training_run_calibrates_its_threshold(face_tree: Path, tmp_path: P
 
 def test_distillation_loss_falls_in_a_real_face_run(face_tree: Path, tmp_path: Path) -> None:
     """train(teacher=...) captures the student's episode embeddings and matches a teacher's."""
-    from h_model.trainer import TrainConfig, train
+    from h_model.faces.training import TrainConfig, train
 
     cfg = TrainConfig(variant="proto", backbone="face_resnet",
                       backbone_kwargs={"channels": [8, 8, 16, 16], "dim": 16}, dataset="faces",
@@ -200,7 +200,7 @@ def test_face_pack_errors(face_tree: Path, tmp_path: Path) -> None:
 
 def test_precomputed_teacher_distils_where_the_teacher_is_not_installed(face_tree: Path, tmp_path: Path) -> None:
     """Pack + teacher file written where the photos and the teacher are; training reads only those."""
-    from h_model.trainer import TrainConfig, train
+    from h_model.faces.training import TrainConfig, train
 
     split = [1 / 3, 1 / 3, 1 / 3]
     pack = write_facepack(tmp_path / "pack", aligned_sets(face_tree, 64), quality=100)
