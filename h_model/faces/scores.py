@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["l2_normalize", "cosine", "row_cosines", "cosines_to", "calibrate_threshold"]
+__all__ = ["l2_normalize", "cosine", "row_cosines", "calibrate_threshold"]
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -29,11 +29,6 @@ def row_cosines(z: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Cosine similarity of embedding rows ``z[i]`` and ``z[j]``, pair by pair."""
     z = l2_normalize(z)
     return np.einsum("nd,nd->n", z[i], z[j])
-
-
-def cosines_to(x: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Cosine similarity of every row of ``x`` ``[n, d]`` to one query ``q`` ``[d]`` (float64)."""
-    return (l2_normalize(x) @ l2_normalize(q)).astype(np.float64)
 
 
 def calibrate_threshold(scores: Sequence[float] | np.ndarray, same: Sequence[bool] | np.ndarray,
