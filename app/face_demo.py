@@ -12,16 +12,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from h_model.bundled import bundled_path
 from h_model.checkpoint import atomic_write, resolve_checkpoint
-from h_model.data.folder import IMAGE_EXTS
-from h_model.faces import FaceVerifier, Gallery, NoModelError
+from h_model.faces import FaceVerifier, Gallery, NoFaceError, NoModelError
 from h_model.faces.detect import image_sha256
+from h_model.faces.folders import person_folders
+from h_model.faces.verifier import bundled_face_model
 
 from .uploads import InputError, check_name, decode_image, escape_markdown, read_bytes, read_upload
 
@@ -68,10 +68,7 @@ def resolve_face_model(model: str | Path | None, backbone: str | None = None) ->
     """The face checkpoint to load: ``model`` (a run directory, a weights file, or a folder of run
     directories), else the bundled one; ``backbone`` picks among several and must match."""
     if model is None:
-        try:
-            candidates = [bundled_path("faces")]
-        except FileNotFoundError as e:
-            raise NoModelError(f"{e}; start the app with --model PATH (a face checkpoint)") from e
+        candidates = [bundled_face_model("start the app with --model PATH (a face checkpoint)")]
     else:
         p = Path(model).expanduser()
         if p.is_file() or (p / "model.safetensors").is_file():
@@ -184,9 +181,11 @@ class FaceDemo:
                 "gallery": {"name": self.gallery.path.name, "people": len(self.gallery)}}
 
     # -- enrollment ----------------------------------------------------------------------------
-    def detect(self, items: list[tuple[str, bytes]]) -> list[Detected]:
+    def detect(self, items: list[tuple[str, bytes]], embed: bool = False
+               ) -> tuple[list[Detected], np.ndarray | None]:
         """Decode each photo and find its one face (problems are recorded, never raised): a photo with
-        several faces is refused, since which of them is the person cannot be told."""
+        several faces is refused, since which of them is the person cannot be told. ``embed``: also the
+        embeddings (``normalize=False``) of the photos with a face, in order."""
         found = [Detected(label, data) for label, data in items]
         decoded: list[tuple[Detected, Image.Image]] = []
         for d in found:
@@ -194,19 +193,25 @@ class FaceDemo:
                 decoded.append((d, decode_image(d.data, d.label)))
             except InputError as e:
                 d.problem = str(e)
-        for (d, _), faces in zip(decoded, self.verifier.detector.detect_many([img for _, img in decoded])):
-            d.faces = len(faces)
-            if len(faces) == 1:
-                d.crop = faces[0].crop
-            elif faces:
-                d.problem = f"{d.label}: {len(faces)} faces found; use a photo of this person alone (or crop it)."
+        images = [img for _, img in decoded]
+        z = None
+        if embed:
+            z, reasons, faces = self.verifier.embed_each(images, normalize=False, max_faces=1, return_faces=True)
+        else:
+            faces, reasons = self.verifier.find_each(images, max_faces=1)
+        for (d, _), fs, why in zip(decoded, faces, reasons):
+            d.faces = len(fs)
+            if why is None:
+                d.crop = fs[0].crop
+            elif fs:
+                d.problem = f"{d.label}: {len(fs)} faces found; use a photo of this person alone (or crop it)."
             else:
-                d.problem = f"{d.label}: no face found."
-        return found
+                d.problem = f"{d.label}: no face found." if why.startswith("NoFaceError") else f"{d.label}: {why}."
+        return found, z
 
     def preview(self, paths: list[str] | None) -> tuple[list[tuple[Image.Image, str]], list[str]]:
         """The aligned crops that enrolling these uploads would save, and what would be skipped."""
-        found = self.detect(upload_items(paths))
+        found, _ = self.detect(upload_items(paths))
         return [(d.crop, d.label) for d in found if d.crop is not None], [d.problem for d in found if d.problem]
 
     def enroll(self, name: str | None, items: list[tuple[str, bytes]]) -> EnrollOutcome:
@@ -217,10 +222,7 @@ class FaceDemo:
             raise InputError("Add at least one photo.")
         if len(items) > MAX_PHOTOS:
             raise InputError(f"At most {MAX_PHOTOS} photos at a time.")
-        found = self.detect(items)
-        ok = [d for d in found if d.crop is not None]
-        z = self.verifier.embed_crops([d.crop for d in ok], normalize=False) if ok else None
-        return self._store(name, found, z)
+        return self._store(name, *self.detect(items, embed=True))
 
     def _store(self, name: str, found: list[Detected], z: np.ndarray | None) -> EnrollOutcome:
         """Save a person's detected photos (``z``: the embeddings of those with a face, in order)."""
@@ -245,9 +247,8 @@ class FaceDemo:
         stored: set[str] = set()
 
         def flush() -> None:
-            found = self.detect([item for _, items in pending for item in items])
+            found, z = self.detect([item for _, items in pending for item in items], embed=True)
             ok = [d for d in found if d.crop is not None]
-            z = self.verifier.embed_crops([d.crop for d in ok], normalize=False) if ok else None
             rows = {id(d): i for i, d in enumerate(ok)}
             start = 0
             for name, items in pending:
@@ -255,7 +256,7 @@ class FaceDemo:
                 start += len(items)
                 idx = [rows[id(d)] for d in part if d.crop is not None]
                 try:
-                    r = self._store(name, part, z[idx] if idx and z is not None else None)
+                    r = self._store(name, part, z[idx] if idx else None)
                 except InputError as e:
                     summary["skipped"].append(str(e))
                     continue
@@ -281,15 +282,9 @@ class FaceDemo:
         return summary
 
     def enroll_dir(self, root: str | Path) -> dict[str, Any]:
-        """Enroll ``root/<person>/<photos>`` (the command line's ``enroll-dir``)."""
-        root = Path(root)
-
-        def people() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:  # one person in memory at a time
-            for pdir in sorted(p for p in root.iterdir() if p.is_dir()):
-                files = sorted(f for f in pdir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
-                if files:
-                    yield pdir.name, [(f"{pdir.name}/{f.name}", f.read_bytes()) for f in files]
-        return self.enroll_many(people())
+        """Enroll ``root/<person>/<photos>`` (the command line's ``enroll-dir``), one person read at a time."""
+        return self.enroll_many((name, [(f"{name}/{f.name}", f.read_bytes()) for f in files])
+                                for name, files in person_folders(root))
 
     # -- the list and edits ----------------------------------------------------------------------
     def people(self) -> list[dict[str, Any]]:
@@ -377,12 +372,12 @@ class FaceDemo:
         """:meth:`verify` for two decoded photos."""
         if self.verifier.threshold is None:
             raise InputError("This face model has no calibrated threshold, so it cannot decide same or different.")
-        fa, fb = self.verifier.detector.detect_many([a, b])
-        for faces, which in ((fa, "first"), (fb, "second")):
-            if not faces:
-                raise InputError(f"No face found in the {which} photo.")
-        r = self.verifier.verify_faces(fa, fb)
-        return r.to_dict(), side_by_side(fa[0].crop, fb[0].crop)
+        try:
+            r = self.verifier.verify(a, b)
+        except NoFaceError as e:
+            raise InputError(f"No face found in the {('first', 'second')[e.index or 0]} photo.") from None
+        assert r.crops is not None
+        return r.to_dict(), side_by_side(*r.crops)
 
 
 def upload_items(paths: list[str] | str | None) -> list[tuple[str, bytes]]:

@@ -5,7 +5,6 @@ uploaded, or drawn), and one query: :meth:`h_model.Learner.predict` gives each c
 """
 from __future__ import annotations
 
-import os
 import random
 import string
 from pathlib import Path
@@ -15,20 +14,19 @@ import numpy as np
 from PIL import Image
 
 from h_model import Learner
+from h_model.data.root import resolve_data_root
 
 from .uploads import InputError, read_upload
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_WAY = 20
 LETTERS = string.ascii_uppercase
 
 
 def default_omniglot_root() -> Path | None:
-    """``images_evaluation`` under ``$H_DATA_ROOT/omniglot-py`` or ``../shared/data/omniglot-py``, if present."""
-    for base in (os.environ.get("H_DATA_ROOT"), REPO.parent / "shared" / "data"):
-        if base and (Path(base) / "omniglot-py" / "images_evaluation").is_dir():
-            return Path(base) / "omniglot-py" / "images_evaluation"
-    return None
+    """``omniglot-py/images_evaluation`` under the data root (:func:`~h_model.data.resolve_data_root`:
+    ``$H_DATA_ROOT``, else the user's data cache), if present."""
+    folder = resolve_data_root() / "omniglot-py" / "images_evaluation"
+    return folder if folder.is_dir() else None
 
 
 def sketch_to_image(value: Any, size: int = 105) -> Image.Image | None:

@@ -28,6 +28,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from h_model.data.root import resolve_data_root  # noqa: E402
 
 from h_model.plots import write_report  # noqa: E402
 
@@ -55,7 +56,7 @@ def query_photo(data_root: Path, out: Path) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=os.environ.get("H_FACE_MODEL"), help="face checkpoint (default: bundled)")
-    ap.add_argument("--data-root", default=os.environ.get("H_DATA_ROOT") or str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data-root", default=None, help="data folder (default: $H_DATA_ROOT, else the user's data cache)")
     ap.add_argument("--people", type=int, default=1000)
     ap.add_argument("--requests", type=int, default=30)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "app.json"))
@@ -72,7 +73,7 @@ def main() -> int:
     torch.set_num_threads(1)
     model = resolve_face_model(a.model)
     work = Path(tempfile.mkdtemp(prefix="bench_app_"))
-    photo = query_photo(Path(a.data_root), work / "query_640x480.jpg")
+    photo = query_photo(resolve_data_root(a.data_root), work / "query_640x480.jpg")
     result: dict = {"model": str(model), "cpu_count": os.cpu_count(), "machine": platform.machine(),
                     "load_average_start": os.getloadavg()}
 

@@ -59,7 +59,7 @@ sys.path.insert(0, str(REPO))
 from h_model.data.faces import faces_splits  # noqa: E402
 from h_model.data.imageset import ImageSet  # noqa: E402
 from h_model.faces import FaceDetector, FaceVerifier, Gallery  # noqa: E402
-from h_model.faces.pairs import ImageIndex, Pair, PairList, pair_metrics, write_pairs  # noqa: E402
+from h_model.faces.pairs import ImageIndex, PairList, pair_metrics, sample_folds, write_pairs  # noqa: E402
 from h_model.faces.verifier import calibrate_threshold, l2_normalize  # noqa: E402
 
 WILD_SETS = ("celeba_subset", "celeba_align")
@@ -167,30 +167,7 @@ def build_pairs(members: dict[str, list[int]], pairs: int, folds: int, seed: int
     ``per_fold`` matched then ``per_fold`` mismatched pairs among its own identities; ``per_fold``
     is ``pairs / (2 folds)`` or what the identities allow. Indices are 1-based within an identity."""
     eligible = sorted(n for n in members if sets is None or n.split("/")[0] in sets)
-    rng = np.random.default_rng(seed)
-    order = [eligible[i] for i in rng.permutation(len(eligible))]
-    groups = [order[f::folds] for f in range(folds)]
-    sizes = [[len(members[n]) for n in g] for g in groups]
-    matched_cap = min(sum(k * (k - 1) // 2 for k in s) for s in sizes)
-    mismatched_cap = min((sum(s) ** 2 - sum(k * k for k in s)) // 2 for s in sizes)
-    per_fold = min(math.ceil(pairs / (2 * folds)), matched_cap, mismatched_cap)
-    if per_fold < 1:
-        raise ValueError(f"{len(eligible)} identities cannot make {folds} folds of pairs")
-    out: list[Pair] = []
-    for ids in groups:
-        multi = [n for n in ids if len(members[n]) >= 2]
-        matched: dict[tuple[str, int, int], None] = {}
-        while len(matched) < per_fold:
-            n = multi[rng.integers(len(multi))]
-            i, j = sorted(rng.choice(len(members[n]), 2, replace=False) + 1)
-            matched.setdefault((n, int(i), int(j)))
-        mism: dict[tuple[str, int, str, int], None] = {}
-        while len(mism) < per_fold:
-            a, b = sorted(rng.choice(len(ids), 2, replace=False))
-            na, nb = ids[a], ids[b]
-            mism.setdefault((na, int(rng.integers(len(members[na]))) + 1, nb, int(rng.integers(len(members[nb]))) + 1))
-        out += [Pair(n, i, n, j) for n, i, j in matched] + [Pair(a, i, b, j) for a, i, b, j in mism]
-    return PairList(folds, per_fold, out)
+    return sample_folds({n: len(members[n]) for n in eligible}, folds, pairs=pairs, seed=seed)
 
 
 def pair_scores(z: np.ndarray, pl: PairList, members: dict[str, list[int]]) -> np.ndarray:

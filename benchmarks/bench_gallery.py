@@ -56,6 +56,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from h_model.checkpoint import write_json  # noqa: E402
+from h_model.data.root import resolve_data_root  # noqa: E402
 from h_model.faces.gallery import DB_NAME, Gallery  # noqa: E402
 
 MODEL_ID = "bench:synthetic"
@@ -114,8 +115,7 @@ def fitted_from_model(model: str, data_root: str | None) -> Fitted:
 
     v = FaceVerifier.load(model, device="cpu")
     s = v.detector.settings
-    root = Path(data_root or os.environ.get("H_DATA_ROOT") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    root = root.expanduser().resolve()
+    root = resolve_data_root(data_root).resolve()
     root = root / "faces" if (root / "faces").is_dir() else root
     train, _, _ = faces_splits(root, image_size=int(s["crop_size"]), margin=float(s["margin"]))
     z = np.concatenate([v.learner.embed(train.images[i:i + 256]) for i in range(0, len(train), 256)])
@@ -162,7 +162,7 @@ def fill(path: Path, n: int, dist: Isotropic | Fitted, seed: int, chunk: int = 1
         people = [(f"p{owners[i]}", part) for i, part in zip(np.concatenate([[0], cuts]), np.split(x, cuts))]
         done += g.enroll_many(people, model_id=MODEL_ID)["added"]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    g._con().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    g.store.con().execute("PRAGMA wal_checkpoint(TRUNCATE)")
     g.close()  # leaves a flat index file: the exact gallery below adopts it
     assert done == n
     return centers, {"vectors": n, "persons": persons, "seconds": wall, "cpu_seconds": cpu,
@@ -201,18 +201,18 @@ def measure(path: Path, kind: str, n: int, queries: dict[str, np.ndarray], truth
     build = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
     out: dict[str, Any] = {"index": got, "settings": settings, "open_or_build": build,
                            "rss_growth_mb": rss_mb() - before}
-    kk = int(min(g._index.ntotal, max(8 * g.candidates, 64)))
-    raw = faiss.serialize_index(g._index)
+    kk = int(min(g.index.faiss.ntotal, max(8 * g.candidates, 64)))
+    raw = faiss.serialize_index(g.index.faiss)
     out["index_bytes_per_vector"] = len(raw) / n
     del raw
     answers: dict[str, dict] = {}
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # one request at a time (OpenMP threads only wait on a busy machine)
     for name, q in queries.items():
-        with g._lock:
-            top1 = g._search(q, kk)[:, 0]  # all queries at once (exact search then uses BLAS)
+        with g.index.lock:
+            top1 = g.index.search(q, kk)[:, 0]  # all queries at once (exact search then uses BLAS)
         it = iter(range(10 ** 9))
-        out[f"faiss_search_{name}"] = timed(lambda: g._search(q[next(it) % len(q)][None], kk), a.runs)
+        out[f"faiss_search_{name}"] = timed(lambda: g.index.search(q[next(it) % len(q)][None], kk), a.runs)
         it = iter(range(10 ** 9))
         out[f"identify_{name}"] = timed(lambda: g.identify(q[next(it) % len(q)], k=5, threshold=0.4), a.runs)
         person, _ = identify_all(g, q)
@@ -226,9 +226,9 @@ def measure(path: Path, kind: str, n: int, queries: dict[str, np.ndarray], truth
             g.ef_search = ef
             row: dict[str, Any] = {"ef_search": max(ef, kk)}
             for name, q in queries.items():
-                with g._lock:
+                with g.index.lock:
                     c0 = time.thread_time()
-                    found = g._search(q, kk)[:, 0]
+                    found = g.index.search(q, kk)[:, 0]
                     row[f"cpu_ms_per_search_{name}"] = 1e3 * (time.thread_time() - c0) / len(q)
                 row[f"recall_at_1_{name}"] = recall(found, truth[name]["top1"])
                 person, row[f"identify_{name}"] = identify_all(g, q)

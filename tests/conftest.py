@@ -8,16 +8,17 @@ import pytest
 import torch
 
 from h_model.data import ImageSet
+from h_model.data.root import resolve_data_root
 from h_model.preprocess import Preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_root() -> Path | None:
-    for cand in [os.environ.get("H_DATA_ROOT"), REPO.parent / "shared" / "data"]:
-        if cand and (Path(cand) / "omniglot-py" / "images_background").is_dir():
-            return Path(cand)
-    return None
+    """The data root (:func:`~h_model.data.resolve_data_root`: ``$H_DATA_ROOT``, else the user's data
+    cache) when it holds Omniglot."""
+    root = resolve_data_root()
+    return root if (root / "omniglot-py" / "images_background").is_dir() else None
 
 
 @pytest.fixture(scope="session")
@@ -25,8 +26,8 @@ def data_root() -> Path:
     root = shared_data_root()
     if root is None:
         if os.environ.get("CI"):
-            pytest.fail("CI must have ../shared/data (or $H_DATA_ROOT) with omniglot-py")
-        pytest.skip("real data not found: set H_DATA_ROOT or place it at ../shared/data")
+            pytest.fail(f"CI must have omniglot-py under the data root {resolve_data_root()} (set H_DATA_ROOT)")
+        pytest.skip(f"real data not found under {resolve_data_root()}: set H_DATA_ROOT to the data folder")
     return root
 
 

@@ -11,7 +11,8 @@
 from ..preprocess import ImageDecodeError
 from .detect import Face, FaceDetector, NoFaceError, align_face, load_rgb
 from .pairs import ImageIndex, PairList, make_pairs, pair_metrics, read_pairs, write_pairs
-from .verifier import FaceVerifier, NoModelError, VerifyResult, calibrate_threshold, save_threshold
+from .scores import calibrate_threshold
+from .verifier import FaceVerifier, NoModelError, VerifyResult, save_threshold
 
 __all__ = ["Face", "FaceDetector", "NoFaceError", "ImageDecodeError", "align_face", "load_rgb",
            "FaceVerifier", "VerifyResult", "NoModelError", "calibrate_threshold", "save_threshold",

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..data.folder import IMAGE_EXTS, list_class_folders
+from ..data.folder import list_class_folders
 from ..preprocess import ImageDecodeError
 from .detect import NoFaceError
+from .folders import enroll_folder
 from .gallery import Gallery, ModelMismatchError
 from .pairs import make_pairs, split_names, write_pairs
 from .verifier import FaceVerifier, NoModelError
@@ -42,18 +43,8 @@ def _verify(a: argparse.Namespace) -> int:
 
 def _enroll_dir(a: argparse.Namespace) -> int:
     v = FaceVerifier.load(a.model, device=a.device)
-    root = Path(a.dir)
-    summary: dict[str, Any] = {"persons": 0, "added": 0, "duplicates": 0, "skipped": []}
     with Gallery(a.gallery, verifier=v) as g:
-        for pdir in sorted(p for p in root.iterdir() if p.is_dir()):
-            photos = sorted(f for f in pdir.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
-            if not photos:
-                continue
-            r = g.enroll(pdir.name, photos, sources=[f"{pdir.name}/{f.name}" for f in photos], skip_failures=True)
-            summary["persons"] += r.added > 0 or r.duplicates > 0
-            summary["added"] += r.added
-            summary["duplicates"] += r.duplicates
-            summary["skipped"] += [{"file": s, "reason": why} for s, why in r.skipped]
+        summary = enroll_folder(g, a.dir)
         g.flush()
     _print(summary)
     return 0

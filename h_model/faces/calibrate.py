@@ -15,40 +15,9 @@ import torch
 from ..data.imageset import ImageSet
 from ..evaluate import embed_all
 from ..models import FewShotModel
-from .pairs import pair_metrics
-from .verifier import calibrate_threshold, l2_normalize, save_threshold
-
-
-def label_pairs(labels: np.ndarray | torch.Tensor, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Up to ``n`` distinct matched and ``n`` distinct mismatched index pairs ``(i, j, same)``, by seed."""
-    y = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    groups = [np.flatnonzero(y == c) for c in np.unique(y)]
-    multi = [g for g in groups if len(g) >= 2]
-    if not multi or len(groups) < 2:
-        raise ValueError("pairs need at least one identity with two photos and two identities")
-    capacity = sum(len(g) * (len(g) - 1) // 2 for g in multi)
-    matched: set[tuple[int, int]] = set()
-    while len(matched) < min(n, capacity):
-        g = multi[rng.integers(len(multi))]
-        a, b = sorted(rng.choice(g, 2, replace=False).tolist())
-        matched.add((a, b))
-    sizes = np.array([len(g) for g in groups])
-    mism_capacity = int((sizes.sum() ** 2 - (sizes ** 2).sum()) // 2)
-    mism: set[tuple[int, int]] = set()
-    while len(mism) < min(n, mism_capacity):
-        a, b = rng.integers(len(y), size=2)
-        if y[a] != y[b]:
-            mism.add((int(min(a, b)), int(max(a, b))))
-    pairs = sorted(matched) + sorted(mism)
-    i, j = (np.array(v, dtype=np.int64) for v in zip(*pairs))
-    return i, j, np.r_[np.ones(len(matched), bool), np.zeros(len(mism), bool)]
-
-
-def pair_scores(z: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Cosine similarity of embedding rows ``i`` and ``j``."""
-    z = l2_normalize(z)
-    return np.einsum("nd,nd->n", z[i], z[j])
+from .pairs import label_pairs, pair_metrics
+from .scores import calibrate_threshold, row_cosines
+from .verifier import save_threshold
 
 
 def _ten_fold(scores: np.ndarray, same: np.ndarray, seed: int) -> dict[str, Any]:
@@ -64,12 +33,12 @@ def verification_report(model: FewShotModel, val_set: ImageSet, test_set: ImageS
     10-fold metrics on the validation pairs: the figures to choose models by."""
     zv = embed_all(model, val_set, device).float().cpu().numpy()
     i, j, same = label_pairs(val_set.labels, pairs, seed)
-    val_scores = pair_scores(zv, i, j)
+    val_scores = row_cosines(zv, i, j)
     threshold = calibrate_threshold(val_scores, same, far)
     mv = _ten_fold(val_scores, same, seed)
     zt = (embed_all(model, test_set, device) if test_embeddings is None else test_embeddings).float().cpu().numpy()
     i, j, same = label_pairs(test_set.labels, pairs, seed + 1)
-    scores = pair_scores(zt, i, j)
+    scores = row_cosines(zt, i, j)
     m = _ten_fold(scores, same, seed)
     return {"threshold": threshold, "far": far, "val_pairs": int(len(val_scores)), "test_pairs": int(len(scores)),
             "accuracy": m["accuracy_mean"], "accuracy_std": m["accuracy_std"], "auc": m["auc"],

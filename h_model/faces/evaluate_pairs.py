@@ -22,7 +22,8 @@ from ..checkpoint import write_json
 from ..preprocess import ImageDecodeError
 from .detect import center_crop, load_rgb
 from .pairs import ImageIndex, PairList, pair_metrics, plot_roc, read_pairs
-from .verifier import FaceVerifier, l2_normalize
+from .scores import calibrate_threshold, cosine
+from .verifier import FaceVerifier, save_threshold
 
 __all__ = ["evaluate_pairs", "embed_pair_images", "main"]
 
@@ -66,8 +67,8 @@ def evaluate_pairs(verifier: FaceVerifier, pairs: str | Path | PairList, index: 
     emb, problems = embed_pair_images(verifier, pl, index, no_face)
     folds = pl.fold_of()
     keep = [k for k, p in enumerate(pl.pairs) if (p.name1, p.i1) in emb and (p.name2, p.i2) in emb]
-    scores = np.array([float(l2_normalize(emb[(pl.pairs[k].name1, pl.pairs[k].i1)])
-                             @ l2_normalize(emb[(pl.pairs[k].name2, pl.pairs[k].i2)])) for k in keep])
+    scores = np.array([cosine(emb[(pl.pairs[k].name1, pl.pairs[k].i1)], emb[(pl.pairs[k].name2, pl.pairs[k].i2)])
+                       for k in keep])
     same = pl.same()[keep]
     report: dict[str, Any] = {
         "pairs": len(pl.pairs), "pairs_used": len(keep), "folds": pl.folds, "model_id": verifier.model_id,
@@ -117,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
         return 2
     if a.save_threshold is not None:
-        from .verifier import calibrate_threshold, save_threshold
-
         t = calibrate_threshold(scores, same, a.save_threshold)
         save_threshold(a.model, t, a.save_threshold, calibrated_on=str(a.pairs))
         report["saved_threshold"] = {"threshold": t, "far": a.save_threshold}

@@ -1,4 +1,5 @@
-"""The LFW View-2 pair protocol: pair lists, a generator for any class-folder set, and metrics.
+"""Face pairs: the LFW View-2 protocol (pair lists, a generator for any class-folder set, metrics)
+and the one pair sampler behind every pair list and calibration set in h_model.
 
 ``pairs.txt`` (LFW format): a header ``"<folds> <n>"``, then per fold ``n`` matched lines
 ``name i j`` followed by ``n`` mismatched lines ``name1 i name2 j``; image ``i`` of ``name`` is
@@ -8,17 +9,19 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..data.folder import list_class_folders
-from .verifier import calibrate_threshold
+from .scores import calibrate_threshold
 
-__all__ = ["Pair", "PairList", "ImageIndex", "read_pairs", "write_pairs", "make_pairs", "split_names",
+__all__ = ["Pair", "PairList", "ImageIndex", "read_pairs", "write_pairs", "make_pairs", "sample_folds",
+           "label_pairs", "split_names",
            "roc_auc", "roc_curve", "tar_at_far", "best_threshold", "kfold_accuracy", "pair_metrics"]
 
 INDEX_FORMAT = "h_model.faces.pairs-index/1"
@@ -149,21 +152,53 @@ def make_pairs(roots: str | Path | Sequence[str | Path], folds: int = 10, per_fo
     excluded = {"_".join(str(n).split()) for n in exclude}
     allowed = None if only is None else {"_".join(str(n).split()) for n in only}
     eligible = sorted(n for n in files if n not in excluded and (allowed is None or n in allowed))
+    pl = sample_folds({n: len(files[n]) for n in eligible}, folds, per_fold=per_fold, seed=seed)
+    return pl, ImageIndex(base, files)
+
+
+# -- sampling ------------------------------------------------------------------------------------
+def _draw_matched(rng: np.random.Generator, sizes: Sequence[int], count: int) -> dict[tuple[int, int, int], None]:
+    """``count`` distinct ``(group, i, j)``, ``i < j`` 0-based photo indices: a group drawn uniformly
+    among ``sizes`` (each at least 2 photos), then two of its photos; in the order drawn."""
+    out: dict[tuple[int, int, int], None] = {}
+    while len(out) < count:
+        g = int(rng.integers(len(sizes)))
+        i, j = sorted(rng.choice(sizes[g], 2, replace=False))
+        out.setdefault((g, int(i), int(j)))
+    return out
+
+
+def sample_folds(sizes: Mapping[str, int], folds: int = 10, per_fold: int | None = None, pairs: int | None = None,
+                 seed: int = 0) -> PairList:
+    """View-2 style pairs over identities with ``sizes[name]`` photos each, identity-disjoint across folds.
+
+    The identities (in the given order) are shuffled by ``seed`` and dealt to ``folds`` folds; each
+    fold lists ``per_fold`` distinct matched pairs of its identities, then ``per_fold`` distinct
+    mismatched ones (photo numbers 1-based). Give ``per_fold`` (a fold that cannot supply that many
+    raises ValueError), or ``pairs`` for ``ceil(pairs / (2 folds))`` per fold or as many as the
+    smallest fold allows.
+    """
+    if (per_fold is None) == (pairs is None):
+        raise ValueError("give per_fold or pairs")
+    names = list(sizes)
     rng = np.random.default_rng(seed)
-    order = [eligible[i] for i in rng.permutation(len(eligible))]
+    order = [names[i] for i in rng.permutation(len(names))]
     groups = [order[f::folds] for f in range(folds)]
-    pairs: list[Pair] = []
+    if per_fold is None:
+        counts = [[sizes[n] for n in g] for g in groups]
+        matched_cap = min(sum(k * (k - 1) // 2 for k in c) for c in counts)
+        mismatched_cap = min((sum(c) ** 2 - sum(k * k for k in c)) // 2 for c in counts)
+        per_fold = min(math.ceil(pairs / (2 * folds)), matched_cap, mismatched_cap)  # type: ignore[operator]
+        if per_fold < 1:
+            raise ValueError(f"{len(names)} identities cannot make {folds} folds of pairs")
+    out: list[Pair] = []
     for f, ids in enumerate(groups):
-        multi = [n for n in ids if len(files[n]) >= 2]
-        capacity = sum(len(files[n]) * (len(files[n]) - 1) // 2 for n in multi)
+        multi = [n for n in ids if sizes[n] >= 2]
+        capacity = sum(sizes[n] * (sizes[n] - 1) // 2 for n in multi)
         if capacity < per_fold or len(ids) < 2:
             raise ValueError(f"fold {f + 1}: {len(ids)} identities allow only {capacity} distinct matched pairs, "
                              f"{per_fold} wanted: use fewer folds, a smaller per_fold, or more identities")
-        matched: dict[tuple[str, int, int], None] = {}
-        while len(matched) < per_fold:
-            n = multi[rng.integers(len(multi))]
-            i, j = sorted(rng.choice(len(files[n]), 2, replace=False) + 1)
-            matched.setdefault((n, int(i), int(j)))
+        matched = _draw_matched(rng, [sizes[n] for n in multi], per_fold)
         mism: dict[tuple[str, int, str, int], None] = {}
         tries = 0
         while len(mism) < per_fold:
@@ -172,9 +207,34 @@ def make_pairs(roots: str | Path | Sequence[str | Path], folds: int = 10, per_fo
                 raise ValueError(f"fold {f + 1}: cannot draw {per_fold} distinct mismatched pairs")
             a, b = sorted(rng.choice(len(ids), 2, replace=False))
             na, nb = ids[a], ids[b]
-            mism.setdefault((na, int(rng.integers(len(files[na]))) + 1, nb, int(rng.integers(len(files[nb]))) + 1))
-        pairs += [Pair(n, i, n, j) for n, i, j in matched] + [Pair(a, i, b, j) for a, i, b, j in mism]
-    return PairList(folds, per_fold, pairs), ImageIndex(base, files)
+            mism.setdefault((na, int(rng.integers(sizes[na])) + 1, nb, int(rng.integers(sizes[nb])) + 1))
+        out += [Pair(multi[g], i + 1, multi[g], j + 1) for g, i, j in matched]
+        out += [Pair(a, i, b, j) for a, i, b, j in mism]
+    return PairList(folds, per_fold, out)
+
+
+def label_pairs(labels: np.ndarray | torch.Tensor, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Up to ``n`` distinct matched and ``n`` distinct mismatched index pairs ``(i, j, same)`` of labelled
+    samples, by seed (no folds: the pairs a checkpoint's threshold is calibrated on)."""
+    y = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)]
+    multi = [g for g in groups if len(g) >= 2]
+    if not multi or len(groups) < 2:
+        raise ValueError("pairs need at least one identity with two photos and two identities")
+    capacity = sum(len(g) * (len(g) - 1) // 2 for g in multi)
+    drawn = _draw_matched(rng, [len(g) for g in multi], min(n, capacity))
+    matched = {(int(multi[g][i]), int(multi[g][j])) for g, i, j in drawn}
+    sizes = np.array([len(g) for g in groups])
+    mism_capacity = int((sizes.sum() ** 2 - (sizes ** 2).sum()) // 2)
+    mism: set[tuple[int, int]] = set()
+    while len(mism) < min(n, mism_capacity):
+        a, b = rng.integers(len(y), size=2)
+        if y[a] != y[b]:
+            mism.add((int(min(a, b)), int(max(a, b))))
+    pairs = sorted(matched) + sorted(mism)
+    i, j = (np.array(v, dtype=np.int64) for v in zip(*pairs))
+    return i, j, np.r_[np.ones(len(matched), bool), np.zeros(len(mism), bool)]
 
 
 # -- metrics -------------------------------------------------------------------------------------

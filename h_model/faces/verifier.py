@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Literal, Sequence, overload
 
 import numpy as np
 import torch
@@ -27,12 +27,10 @@ from ..checkpoint import resolve_checkpoint, write_json
 from ..learner import Learner
 from ..preprocess import ImageDecodeError, ImageInput
 from .detect import Face, FaceDetector, NoFaceError, load_rgb
-
-if TYPE_CHECKING:
-    from .gallery import Gallery, Identification
+from .scores import calibrate_threshold, cosine, l2_normalize
 
 __all__ = ["FaceVerifier", "VerifyResult", "NoModelError", "calibrate_threshold", "save_threshold",
-           "cosine", "l2_normalize"]
+           "cosine", "l2_normalize", "bundled_face_model"]
 
 DEFAULT_MARGIN = 0.2
 
@@ -41,20 +39,10 @@ class NoModelError(ValueError):
     """No face checkpoint was given (and none is bundled)."""
 
 
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, 1e-12)
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float(l2_normalize(a.reshape(-1)) @ l2_normalize(b.reshape(-1)))
-
-
 @dataclass
 class VerifyResult:
-    """``same`` is ``score >= threshold``; ``score`` is the cosine similarity (higher = more alike)."""
+    """``same`` is ``score >= threshold``; ``score`` is the cosine similarity (higher = more alike);
+    ``crops``: the two aligned faces compared."""
 
     same: bool
     score: float
@@ -62,32 +50,11 @@ class VerifyResult:
     far: float | None = None
     faces: tuple[int, int] = (1, 1)
     boxes: list[list[float]] = field(default_factory=list)
+    crops: tuple[Image.Image, Image.Image] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def calibrate_threshold(scores: Sequence[float] | np.ndarray, same: Sequence[bool] | np.ndarray,
-                        far: float = 1e-3) -> float:
-    """The lowest threshold whose false-accept rate on these validation pairs is at most ``far``.
-
-    Decisions are ``score >= threshold``. With ``n`` impostor pairs at most ``floor(far * n)``
-    of them may score at or above it; with fewer than ``1 / far`` impostors that is none, so the
-    threshold sits just above the best impostor (the target FAR is not resolvable below ``1/n``).
-    """
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    y = np.asarray(same, dtype=bool).reshape(-1)
-    if s.shape != y.shape:
-        raise ValueError(f"{s.size} scores but {y.size} labels")
-    if not 0.0 <= far < 1.0:
-        raise ValueError("far must be in [0, 1)")
-    if not np.isfinite(s).all():
-        raise ValueError("scores contain NaN or infinity")
-    imp = np.sort(s[~y])[::-1]
-    if imp.size == 0:
-        raise ValueError("calibration needs impostor (different-person) pairs")
-    allowed = int(np.floor(far * imp.size + 1e-9))
-    return float(np.nextafter(imp[allowed], np.inf))
+        """Every field but the aligned ``crops`` (JSON-ready)."""
+        return {k: v for k, v in asdict(replace(self, crops=None)).items() if k != "crops"}
 
 
 def save_threshold(checkpoint: str | Path, threshold: float, far: float | None = None, **extra: Any) -> Path:
@@ -99,6 +66,17 @@ def save_threshold(checkpoint: str | Path, threshold: float, far: float | None =
     config["face"] = face
     write_json(cfg_path, config)
     return cfg_path
+
+
+def bundled_face_model(hint: str) -> Path:
+    """The bundled face checkpoint; :class:`NoModelError` (its message ending in ``hint``, what to
+    do instead) when it is missing."""
+    from ..bundled import bundled_path
+
+    try:
+        return bundled_path("faces")
+    except FileNotFoundError as e:
+        raise NoModelError(f"{e}; {hint}") from e
 
 
 def model_fingerprint(checkpoint: str | Path, detector_settings: dict[str, Any]) -> str:
@@ -150,13 +128,8 @@ class FaceVerifier:
         ``detector_kwargs`` override the :class:`FaceDetector` settings (crop_size, margin, ...).
         """
         if path is None:
-            from ..bundled import bundled_path
-
-            try:
-                path = bundled_path("faces")
-            except FileNotFoundError as e:
-                raise NoModelError(f"{e}; pass a face checkpoint, e.g. FaceVerifier.load('runs/faces') "
-                                   "or --model PATH on the command line") from e
+            path = bundled_face_model("pass a face checkpoint, e.g. FaceVerifier.load('runs/faces') "
+                                      "or --model PATH on the command line")
         learner = Learner.load(path, device)
         detector = FaceDetector(**{**align_settings(learner), **detector_kwargs, "device": learner.device})
         return cls(learner, detector, threshold, model_id=model_fingerprint(path, detector.settings))
@@ -179,10 +152,12 @@ class FaceVerifier:
         faces = self.detector.largest(_image_list(images))
         return self.embed_crops([f.crop for f in faces], normalize)
 
-    def embed_each(self, images: Sequence[ImageInput], normalize: bool = True) -> tuple[np.ndarray, list[str | None]]:
-        """Like :meth:`embed` but never stops: (embeddings of the usable images in order, and per
-        input ``None`` or why it was skipped: undecodable or no face)."""
+    def find_each(self, images: Sequence[ImageInput], max_faces: int | None = None
+                  ) -> tuple[list[list[Face]], list[str | None]]:
+        """Every face of each image, largest first, without stopping; and per image ``None`` when its
+        largest face is usable, else why not: undecodable, no face, or more than ``max_faces`` faces."""
         images = _image_list(images)
+        found: list[list[Face]] = [[] for _ in images]
         reasons: list[str | None] = [None] * len(images)
         decoded, keep = [], []
         for i, src in enumerate(images):
@@ -191,16 +166,31 @@ class FaceVerifier:
                 keep.append(i)
             except ImageDecodeError as e:
                 reasons[i] = f"ImageDecodeError: {e}"
-        crops, used = [], []
         for i, faces in zip(keep, self.detector.detect_many(decoded)):
-            if faces:
-                crops.append(faces[0].crop)
-                used.append(i)
-            else:
+            found[i] = list(faces)
+            if not faces:
                 reasons[i] = "NoFaceError: no face found"
-        if not crops:
-            return np.zeros((0, 0), np.float32), reasons
-        return self.embed_crops(crops, normalize), reasons
+            elif max_faces is not None and len(faces) > max_faces:
+                reasons[i] = f"TooManyFaces: {len(faces)} faces found (at most {max_faces})"
+        return found, reasons
+
+    @overload
+    def embed_each(self, images: Sequence[ImageInput], normalize: bool = ..., max_faces: int | None = ...,
+                   return_faces: Literal[False] = ...) -> tuple[np.ndarray, list[str | None]]: ...
+
+    @overload
+    def embed_each(self, images: Sequence[ImageInput], normalize: bool = ..., max_faces: int | None = ...,
+                   *, return_faces: Literal[True]) -> tuple[np.ndarray, list[str | None], list[list[Face]]]: ...
+
+    def embed_each(self, images: Sequence[ImageInput], normalize: bool = True, max_faces: int | None = None,
+                   return_faces: bool = False) -> Any:
+        """Like :meth:`embed` but never stops: (embeddings of the usable images in order, and per
+        input ``None`` or why it was skipped, as :meth:`find_each` says). ``return_faces``: also
+        every face found per input (the first one of a usable input is the one embedded)."""
+        found, reasons = self.find_each(images, max_faces)
+        crops = [faces[0].crop for faces, why in zip(found, reasons) if why is None]
+        z = self.embed_crops(crops, normalize) if crops else np.zeros((0, 0), np.float32)
+        return (z, reasons, found) if return_faces else (z, reasons)
 
     # -- decisions ---------------------------------------------------------------------------
     def score(self, a: ImageInput, b: ImageInput) -> float:
@@ -228,18 +218,8 @@ class FaceVerifier:
         z = self.embed_crops([fa[0].crop, fb[0].crop])
         s = float(z[0] @ z[1])
         return VerifyResult(same=s >= t, score=s, threshold=t, far=self.far, faces=(len(fa), len(fb)),
-                            boxes=[[round(float(v), 2) for v in fa[0].box], [round(float(v), 2) for v in fb[0].box]])
-
-    def identify(self, image: ImageInput, gallery: "Gallery | str | Path", k: int = 5) -> "Identification":
-        """The top-k enrolled persons for the largest face of ``image`` (open-set: may be unknown)."""
-        from .gallery import Gallery
-
-        z = self.embed([image], normalize=False)[0]
-        if isinstance(gallery, Gallery):
-            return gallery.identify(z, k=k, verifier=self)
-        with Gallery(gallery, verifier=self) as g:
-            return g.identify(z, k=k, verifier=self)
-
+                            boxes=[[round(float(v), 2) for v in fa[0].box], [round(float(v), 2) for v in fb[0].box]],
+                            crops=(fa[0].crop, fb[0].crop))
 
 
 def _image_list(images: Sequence[ImageInput]) -> list[ImageInput]:

@@ -59,10 +59,17 @@ def test_enroll_identify_verify_delete(demo: FaceDemo, celeba: list[Path]) -> No
     assert [m["name"] for m in face["matches"]] == ["Bob", "Ada"] and face["matches"][1]["score"] < 1.0
     assert r.json() == demo.identify(str(bob[1]), 2)[1]  # the same answer as the page's
 
-    same = c.post("/api/v1/verify", files={"a": ada[0].read_bytes(), "b": ada[0].read_bytes()}).json()
-    assert same["same"] and same["score"] > 0.99
+    # two different photos of one person, then photos of two people: the calibrated threshold tells them apart
+    same = c.post("/api/v1/verify", files={"a": ada[0].read_bytes(), "b": ada[1].read_bytes()}).json()
     other = c.post("/api/v1/verify", files={"a": ada[0].read_bytes(), "b": bob[0].read_bytes()}).json()
-    assert other["same"] == (other["score"] >= other["threshold"]) and other["score"] < same["score"]
+    threshold = demo.verifier.threshold
+    assert same["same"] is True and same["threshold"] == threshold and same["score"] >= threshold + 0.05, same
+    assert other["same"] is False and other["threshold"] == threshold and other["score"] <= threshold - 0.05, other
+    for r in (same, other):  # one face in each aligned 178x218 photo, boxed inside it
+        assert set(r) == {"same", "score", "threshold", "far", "faces", "boxes"} and r["faces"] == [1, 1]
+        assert r["far"] == demo.verifier.far and len(r["boxes"]) == 2
+        assert all(0 <= x1 < x2 <= 178 and 0 <= y1 < y2 <= 218 for x1, y1, x2, y2 in r["boxes"]), r["boxes"]
+    assert same["boxes"][0] == other["boxes"][0]  # the same first photo, found the same way
 
     assert c.delete("/api/v1/people", params={"name": "Ada"}).json() == {"deleted": "Ada"}
     r = c.delete("/api/v1/people", params={"name": "Ada"})

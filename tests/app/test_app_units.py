@@ -170,6 +170,9 @@ def test_face_demo_enroll_edit_identify_persist(tmp_path: Path, face_model: Path
 
     boxed, res, thumbs = demo.identify(str(ada[0]), k=2)
     assert res["faces"][0]["name"] == "../../Ada" and not res["faces"][0]["unknown"]
+    ranked = res["faces"][0]["matches"]  # an enrolled photo: exactly 1.0, the other person below the threshold
+    assert [m["name"] for m in ranked] == ["../../Ada", "Bob"] and ranked[0]["score"] == 1.0
+    assert ranked[1]["score"] < v.threshold and res["threshold"] == v.threshold
     assert boxed.size == Image.open(ada[0]).size and len(thumbs) == 2
     demo.gallery.threshold = 1.01  # nobody can be that similar: every face is unknown
     _, res, _ = demo.identify(str(ada[0]))
@@ -178,19 +181,22 @@ def test_face_demo_enroll_edit_identify_persist(tmp_path: Path, face_model: Path
     with pytest.raises(InputError, match="No face found"):
         demo.identify(str(char))
 
-    assert "Renamed" in demo.rename("../../Ada", "Ada")
+    assert demo.rename("../../Ada", "Ada") == r"Renamed **\.\./\.\./Ada** to **Ada**."  # the name escaped
     with pytest.raises(InputError, match="^A person named 'Bob' is already enrolled.$"):
         demo.rename("Ada", "Bob")
     with pytest.raises(InputError, match="no person named"):
         demo.delete("Carol")
-    assert "Deleted" in demo.delete("Bob") and not (tmp_path / "g" / "thumbs" / f"{ids['Bob']}.jpg").exists()
+    assert demo.delete("Bob") == "Deleted **Bob** and their photos."
+    assert not (tmp_path / "g" / "thumbs" / f"{ids['Bob']}.jpg").exists()
+    assert [p["name"] for p in demo.people()] == ["Ada"]
     demo.close()
 
     again = FaceDemo(FaceVerifier.load(face_model, device="cpu"), tmp_path / "g", face_model)  # a restart
     assert again.people() == [{"name": "Ada", "person_id": ids["../../Ada"], "photos": 2}]
     assert again.people_gallery()[0][1] == "Ada (2 photos)"
     assert again.identify(str(ada[1]))[1]["faces"][0]["matches"][0]["name"] == "Ada"
-    assert again.delete("Ada") and again.people() == []
+    assert again.delete("Ada") == "Deleted **Ada** and their photos." and again.people() == []
+    assert not (tmp_path / "g" / "thumbs" / f"{ids['../../Ada']}.jpg").exists()
     with pytest.raises(InputError, match="gallery is empty"):
         again.identify(str(ada[0]))
     again.close()

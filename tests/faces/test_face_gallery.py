@@ -129,7 +129,7 @@ def test_persistence_and_index_rebuilds(tmp_path: Path) -> None:
     index.write_bytes(old)  # stale: an index from before the last enrollment
     g = Gallery(path)
     assert g.identify(people(1, seed=7)[0], k=1).name == "late"
-    assert g._index.ntotal == 13 * 3
+    assert g.index.faiss.ntotal == 13 * 3
     g.close()
     index.write_bytes(b"garbage" * 100)  # corrupt
     g = Gallery(path)
@@ -177,7 +177,7 @@ def test_export_import_roundtrip(tmp_path: Path, fmt: str) -> None:
     assert h.import_from(out)["duplicates"] == 13  # idempotent
     for p in g.list():
         np.testing.assert_array_equal(h.embeddings(p.name), g.embeddings(p.name))
-    row = h._con().execute("SELECT source, sha256 FROM embeddings WHERE source IS NOT NULL").fetchone()
+    row = h.store.con().execute("SELECT source, sha256 FROM embeddings WHERE source IS NOT NULL").fetchone()
     assert row == ("p0/extra.jpg", "ab" * 32)
     g.close()
     h.close()
@@ -188,10 +188,10 @@ def test_ivf_index_above_the_exact_limit_supports_removal(tmp_path: Path) -> Non
     assert g.index_kind == "IndexIDMap"
     for i in range(40, 80):
         g.enroll(f"p{i}", embeddings=shots(people(80)[i], seed=i))  # outgrows exact search
-    assert g.index_kind.startswith("IndexIVF") and g._index.ntotal == 240
+    assert g.index_kind.startswith("IndexIVF") and g.index.faiss.ntotal == 240
     assert g.identify(people(80)[55], k=1).name == "p55"
     g.remove("p55")
-    assert g._index.ntotal == 237 and g.identify(people(80)[55], k=5).name != "p55"
+    assert g.index.faiss.ntotal == 237 and g.identify(people(80)[55], k=5).name != "p55"
     g.close()
     g = Gallery(tmp_path / "g", exact_limit=200, candidates=5, approx="ivf")
     assert g.index_kind.startswith("IndexIVF") and g.identify(people(80)[60], k=1).name == "p60"
@@ -203,30 +203,30 @@ def test_hnsw_index_above_the_exact_limit_removes_by_filtering(tmp_path: Path) -
     c = people(100)
     g = Gallery(path, model_id="m1", exact_limit=150, candidates=5, max_removed=0.05)
     g.enroll_many({f"p{i}": shots(c[i], seed=i) for i in range(40)})
-    assert g.index_kind == "IndexIDMap" and g._index.ntotal == 120
+    assert g.index_kind == "IndexIDMap" and g.index.faiss.ntotal == 120
     g.enroll_many({f"p{i}": shots(c[i], seed=i) for i in range(40, 100)})  # outgrows exact search
-    assert g.index_kind == "IndexHNSWFlat" and g._index.ntotal == 300
+    assert g.index_kind == "IndexHNSWFlat" and g.index.faiss.ntotal == 300
     assert all(g.identify(shots(c[i], 1, seed=500 + i)[0], k=1).name == f"p{i}" for i in range(0, 100, 7))
     g.remove("p55")
-    assert g._index.ntotal == 300 and len(g._removed) == 3  # still in the graph, filtered out
+    assert g.index.faiss.ntotal == 300 and len(g.index.removed) == 3  # still in the graph, filtered out
     assert all(m.name != "p55" for m in g.identify(c[55], k=5).matches)
     g.close()
     index = path / INDEX_NAME
     stamp = index.stat().st_mtime_ns
     g = Gallery(path, exact_limit=150, candidates=5, max_removed=0.05)
-    assert g.index_kind == "IndexHNSWFlat" and len(g._removed) == 3  # the stored graph and its removals
+    assert g.index_kind == "IndexHNSWFlat" and len(g.index.removed) == 3  # the stored graph and its removals
     assert index.stat().st_mtime_ns == stamp and g.identify(c[55], k=1).name != "p55"
     assert g.identify(c[60], k=1).name == "p60"
     for i in range(56, 62):
         g.remove(f"p{i}")  # more than max_removed of the graph: rebuilt without them
-    assert g.index_kind == "IndexHNSWFlat" and g._index.ntotal == 300 - 21 and not g._removed
+    assert g.index_kind == "IndexHNSWFlat" and g.index.faiss.ntotal == 300 - 21 and not g.index.removed
     assert g.identify(c[70], k=1).name == "p70" and g.identify(c[58], k=1).name != "p58"
     g.close()
     g = Gallery(path, exact_limit=150, candidates=5, approx="ivf")  # other settings: rebuilt to match
     assert g.index_kind == "IndexIVFFlat" and g.identify(c[80], k=1).name == "p80"
     g.close()
     g = Gallery(path, exact_limit=10_000, candidates=5)
-    assert g.index_kind == "IndexIDMap" and g._index.ntotal == 279
+    assert g.index_kind == "IndexIDMap" and g.index.faiss.ntotal == 279
     g.close()
 
 
@@ -246,7 +246,7 @@ def test_enroll_many_matches_enroll(tmp_path: Path) -> None:
         q = shots(c[i], 1, seed=900 + i)[0]
         assert bulk.identify(q, k=3).to_dict() == one.identify(q, k=3).to_dict()
     assert bulk.enroll_many({"p0": c[:1] * 2})["added"] == 1 and bulk.embeddings("p0").shape == (4, D)
-    assert bulk._index.ntotal == 92  # added to the live index after the commit
+    assert bulk.index.faiss.ntotal == 92  # added to the live index after the commit
     with pytest.raises(ModelMismatchError):
         bulk.enroll_many({"x": c[:1]}, model_id="m2")
     with pytest.raises(ModelMismatchError):
@@ -257,7 +257,7 @@ def test_enroll_many_matches_enroll(tmp_path: Path) -> None:
     bulk.close()
     one.close()
     g = Gallery(tmp_path / "bulk")
-    assert g._load_index(g._con()) and g._index.ntotal == 92
+    assert g.index.load(g.store.con()) and g.index.faiss.ntotal == 92
     g.close()
 
 
@@ -339,10 +339,10 @@ def test_sigkill_mid_enrollment_loses_nothing_committed(tmp_path: Path) -> None:
     assert set(listed) == {f"p{i}" for i in range(len(listed))}  # nothing out of order
     assert set(listed.values()) == {3}  # no half-enrolled person
     assert g.identify(g.embeddings("p5")[0], k=1).name == "p5"
-    assert g._index.ntotal == 3 * len(listed)
+    assert g.index.faiss.ntotal == 3 * len(listed)
     g.close()
     g = Gallery(path)
-    assert g._load_index(g._con())  # close() left a whole, current index file
+    assert g.index.load(g.store.con())  # close() left a whole, current index file
     g.close()
 
 
@@ -358,17 +358,17 @@ def test_photo_enrollment_and_identify(tmp_path: Path, verifier, faces_root: Pat
     assert "s3" not in {p.name for p in g.list()}
     r = g.enroll("s3", [orl / "s3" / "1.pgm", blank], skip_failures=True)
     assert r.added == 1 and len(r.skipped) == 1 and "NoFaceError" in r.skipped[0][1]
-    row = g._con().execute("SELECT source, sha256, model_id FROM embeddings ORDER BY id").fetchone()
+    row = g.store.con().execute("SELECT source, sha256, model_id FROM embeddings ORDER BY id").fetchone()
     assert row[0] == "1.pgm" and len(row[1]) == 64 and row[2] == verifier.model_id
     with pytest.raises(DuplicatePhotoError, match="already enrolled as 's1'"):
         g.enroll("s4", [orl / "s1" / "1.pgm"])
     query = orl / "s1" / "3.pgm"
-    res = verifier.identify(query, g, k=3)
+    res = g.identify(query, k=3)
     assert res.method == "best-photo-cosine" and len(res.matches) == 3
     truth = best_cosines(g, verifier.embed([query], normalize=False)[0])
     assert [m.name for m in res.matches] == sorted(truth, key=lambda n: -truth[n])
     assert all(m.score == pytest.approx(truth[m.name], abs=1e-5) for m in res.matches)
-    same = verifier.identify(orl / "s2" / "2.pgm", g, k=3)  # an enrolled photo: its own person, exactly 1.0
+    same = g.identify(orl / "s2" / "2.pgm", k=3)  # an enrolled photo: its own person, exactly 1.0
     assert same.matches[0].name == "s2" and same.matches[0].score == 1.0
     assert json.loads(json.dumps(res.to_dict()))["method"] == "best-photo-cosine"
     g.close()

@@ -78,8 +78,8 @@ def test_verify_uses_the_checkpoint_threshold(tmp_path: Path, face_photo: Path, 
     assert v2.threshold == threshold and v2.model_id == v.model_id  # the face entry is not the model
     r = v2.verify(face_photo, face_photo)
     assert r.same and r.score == pytest.approx(1.0, abs=1e-5) and r.threshold == threshold and r.far == 1e-3
-    r = v2.verify(face_photo, other)
-    assert r.same == (r.score >= threshold) and r.score == pytest.approx(s_diff, abs=1e-5)
+    r = v2.verify(face_photo, other)  # below the midway threshold: refused
+    assert not r.same and r.score == pytest.approx(s_diff, abs=1e-5) and r.score < threshold
     assert v2.verify(face_photo, other, threshold=-1.0).same
     other_ckpt = make_checkpoint(tmp_path / "run2", seed=2)
     assert FaceVerifier.load(other_ckpt, device="cpu").model_id != v.model_id
@@ -100,18 +100,31 @@ def test_calibrate_threshold_known_answers() -> None:
         calibrate_threshold([0.1, 0.2], [True, True])
 
 
-def test_cli_verify_prints_json(face_ckpt: Path, face_photo: Path, faces_root: Path, capsys) -> None:
-    other = faces_root / "orl" / "s2" / "1.pgm"
-    assert faces_main(["verify", str(face_photo), str(other), "--model", str(face_ckpt), "--threshold", "0.5",
-                       "--device", "cpu"]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert set(out) >= {"same", "score", "threshold"} and out["threshold"] == 0.5
-    assert out["same"] == (out["score"] >= 0.5)
+def test_cli_verify_decides_with_the_bundled_model(face_ckpt: Path, faces_root: Path, capsys) -> None:
+    """Two photos of one person are the same person, two people are not (the bundled model's
+    calibrated threshold); ``--threshold`` overrides it; a photo without a face is an error."""
+    orl = faces_root / "orl"
+    threshold = FaceVerifier.load(None, device="cpu").threshold
+
+    def verify(a: Path, b: Path, *args: str) -> dict:
+        assert faces_main(["verify", str(a), str(b), "--device", "cpu", *args]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    for person, photo, other in (("s1", "2.pgm", "s2"), ("s4", "3.pgm", "s5")):
+        first = orl / person / "1.pgm"
+        different = (first, orl / other / "1.pgm")
+        yes, no = verify(first, orl / person / photo), verify(*different)
+        assert yes["same"] is True and yes["score"] >= threshold + 0.05 and yes["threshold"] == threshold, yes
+        assert no["same"] is False and no["score"] <= threshold - 0.05 and no["threshold"] == threshold, no
+        assert yes["faces"] == no["faces"] == [1, 1]
+        lenient = verify(*different, "--threshold", str(no["score"] - 0.01))  # the same score, a lower bar
+        assert lenient["same"] is True and lenient["score"] == pytest.approx(no["score"], abs=1e-6)
     blank = Path(os.environ.get("TMPDIR", "/tmp")) / f"blank_{os.getpid()}.png"
     from PIL import Image
     Image.new("RGB", (100, 100), (90, 90, 90)).save(blank)
     try:
-        assert faces_main(["verify", str(face_photo), str(blank), "--model", str(face_ckpt), "--device", "cpu"]) == 2
+        assert faces_main(["verify", str(orl / "s1" / "1.pgm"), str(blank), "--model", str(face_ckpt),
+                           "--device", "cpu"]) == 2
         assert "NoFaceError" in json.loads(capsys.readouterr().out)["error"]
     finally:
         blank.unlink()
