@@ -112,7 +112,8 @@ def align_of(e: Embedder) -> dict[str, Any]:
 
 
 def onnx_reference(e: Embedder, onnx_path: str, crops: torch.Tensor) -> dict[str, Any]:
-    """Cosine between ``e``'s embeddings and onnxruntime's of the same crops (0..255 RGB into the graph)."""
+    """Cosine between ``e``'s embeddings and onnxruntime's of the same crops (0..255 RGB into the graph;
+    with the model's test-time flip, the mean of the graph's outputs for each crop and its mirror image)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -121,8 +122,14 @@ def onnx_reference(e: Embedder, onnx_path: str, crops: torch.Tensor) -> dict[str
     unused = {i.name: np.zeros(i.shape, np.float32) for i in sess.get_inputs()
               if i.name != "data" and not i.name.startswith("scalar_op")}
     out = sess.get_outputs()[0].name
-    ref = np.concatenate([sess.run([out], {**unused, "data": crops[i:i + 1].float().numpy()})[0]
-                          for i in range(len(crops))])
+
+    def run(images: torch.Tensor) -> np.ndarray:
+        return np.concatenate([sess.run([out], {**unused, "data": images[i:i + 1].float().numpy()})[0]
+                               for i in range(len(images))])
+
+    ref = run(crops)
+    if e.verifier is not None and e.verifier.learner.model.flip_embed:  # the port's test-time flip, in ONNX
+        ref = (ref + run(crops.flip(-1))) / 2
     cos = np.einsum("ij,ij->i", l2_normalize(e.embed(crops)), l2_normalize(ref))
     return {"file": Path(onnx_path).name, "crops": len(crops), "cosine_min": float(cos.min()),
             "cosine_mean": float(cos.mean())}

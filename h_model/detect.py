@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -199,6 +200,7 @@ class FaceDetector:
         self._thresholds, self._device = list(thresholds), torch.device(device)
         self._mtcnn: Any = None
         self.yunet: Any = None
+        self._yunet_lock = threading.Lock()  # one OpenCV detector: its input size and run are one step
         if detector == "yunet":
             path = Path(yunet_model) if yunet_model is not None else YUNET_FILE
             if not path.is_file():
@@ -309,8 +311,9 @@ class FaceDetector:
     def _yunet(self, img: Image.Image) -> Found | None:
         """YuNet's (boxes, scores, landmarks) of one RGB image, or None."""
         bgr = np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
-        self.yunet.setInputSize((bgr.shape[1], bgr.shape[0]))
-        _, found = self.yunet.detect(bgr)
+        with self._yunet_lock:  # threads (the app's concurrent requests) share the detector
+            self.yunet.setInputSize((bgr.shape[1], bgr.shape[0]))
+            _, found = self.yunet.detect(bgr)
         if found is None or len(found) == 0:
             return None
         found = np.asarray(found, np.float32)

@@ -30,8 +30,8 @@ class FewShotModel(nn.Module, ABC):
 
     #: Test-time flip (``create_model(..., flip_embed=True)``): in eval mode an image's embedding is
     #: the mean of its own and its mirror image's, so it is the same for both, for twice the backbone
-    #: cost. Training is unaffected. (Bundled face model: few-shot +0.7 / +1.0 points at 5w1s / 20w1s,
-    #: 10-fold pair verification unchanged, 89.1 vs 89.3%; so it stays off there.)
+    #: cost. Training is unaffected. (The bundled face model has it on: chosen on validation pairs, see
+    #: docs/faces.md.)
     flip_embed: bool = False
 
     def __init__(self, backbone: nn.Module) -> None:

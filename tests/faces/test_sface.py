@@ -212,7 +212,8 @@ def test_bundled_model_is_the_port_and_separates_real_people(real_crops: torch.T
     v = FaceVerifier.load(None, device="cpu")
     cfg = v.learner.config
     assert cfg["model"]["backbone"] == "sface" and cfg["source"]["sha256"] == SFACE_SHA256
-    assert v.detector.settings == {"crop_size": 112, "margin": 0.0, "alignment": "five_point"}
+    assert v.detector.settings == {"crop_size": 112, "margin": 0.0, "alignment": "five_point", "detector": "yunet"}
+    assert v.learner.model.flip_embed  # the test-time flip chosen on validation pairs
     assert 0.2 < v.threshold < 0.6 and v.far == pytest.approx(1e-3)
     z = v.embed_crops(list(real_crops))  # 4 people x 2 photos, in order
     sims = z @ z.T

@@ -102,6 +102,21 @@ def test_yunet_detector_finds_the_same_face(face_photo) -> None:
         FaceDetector(detector="mtcnn", yunet_model=YUNET_FILE)
 
 
+def test_yunet_shared_by_threads_gives_each_photo_its_own_faces(face_photo) -> None:
+    """The app runs requests on threads that share one detector: photos of different sizes at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from h_model.faces import FaceDetector
+
+    y = FaceDetector(crop_size=112, alignment="five_point", detector="yunet", fallback=False)
+    base = Image.open(face_photo).convert("RGB")
+    photos = [base.resize((int(base.size[0] * s), int(base.size[1] * s))) for s in (1.0, 1.5, 2.0, 2.5)] * 6
+    alone = [y.detect(p)[0].box for p in photos[:4]] * 6
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda p: y.detect(p)[0].box, photos))
+    assert all(np.allclose(a, b) for a, b in zip(alone, together))
+
+
 def test_yunet_misses_go_to_mtcnn_unless_fallback_is_off(face_photo) -> None:
     from h_model.faces import FaceDetector, NoFaceError
 
