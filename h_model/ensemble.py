@@ -27,8 +27,10 @@ def _head_kwargs(model: FewShotModel) -> dict[str, Any]:
     return {k: v for k, v in model.spec["model_kwargs"].items() if k not in ("scale", "dim")}
 
 
-def ensemble_models(models: Sequence[FewShotModel], mode: str = "concat") -> FewShotModel:
-    """One model whose backbone holds every member's trained backbone (weights copied)."""
+def ensemble_models(models: Sequence[FewShotModel], mode: str = "concat",
+                    weights: Sequence[float] | None = None) -> FewShotModel:
+    """One model whose backbone holds every member's trained backbone (weights copied); ``weights``:
+    each member's share of the ensemble's cosine (default equal)."""
     if len(models) < 2:
         raise ValueError("an ensemble needs at least two models")
     first = models[0]
@@ -37,7 +39,10 @@ def ensemble_models(models: Sequence[FewShotModel], mode: str = "concat") -> Few
             raise ValueError(f"member {i} is {m.spec['variant']} {_head_kwargs(m)}, member 0 is "
                              f"{first.spec['variant']} {_head_kwargs(first)}: ensembles need one head")
     members = [{"backbone": m.spec["backbone"], "kwargs": m.spec["backbone_kwargs"]} for m in models]
-    ens = create_model(first.spec["variant"], "ensemble", {"members": members, "mode": mode}, **first.spec["model_kwargs"])
+    kwargs: dict[str, Any] = {"members": members, "mode": mode}
+    if weights is not None:
+        kwargs["weights"] = [float(w) for w in weights]
+    ens = create_model(first.spec["variant"], "ensemble", kwargs, **first.spec["model_kwargs"])
     for target, m in zip(ens.backbone.members, models):
         target.load_state_dict(m.backbone.state_dict())
     head = {k: v for k, v in ens.state_dict().items() if not k.startswith("backbone.")}
@@ -52,14 +57,15 @@ def ensemble_models(models: Sequence[FewShotModel], mode: str = "concat") -> Few
 
 
 def ensemble_checkpoints(paths: Sequence[str | Path], out: str | Path, half: bool = False,
-                         mode: str = "concat") -> Path:
+                         mode: str = "concat", weights: Sequence[float] | None = None) -> Path:
     """Write the ensemble of the checkpoints at ``paths`` to the run directory ``out``.
 
     Its config is the first member's (data, preprocessing, training) with the model replaced and
     an ``"ensemble"`` entry naming every member; a face threshold is dropped, as it belongs to one
     member's embedding (recalibrate, e.g. with ``training/bundle_face_model.py``). ``half`` stores
     the weights as float16 (half the file; the model still computes in float32). ``mode``:
-    ``"concat"`` or ``"mean"`` (:class:`~h_model.models.backbones.EnsembleBackbone`).
+    ``"concat"`` or ``"mean"``, ``weights`` one per member
+    (:class:`~h_model.models.backbones.EnsembleBackbone`).
     """
     loaded = [load_checkpoint(p, "cpu") for p in paths]
     configs = [c for _, c in loaded]
@@ -73,13 +79,13 @@ def ensemble_checkpoints(paths: Sequence[str | Path], out: str | Path, half: boo
             if face.get(key) != face0.get(key):
                 raise ValueError(f"member {i} ({paths[i]}) was aligned with {key}={face.get(key)}, member 0 "
                                  f"with {face0.get(key)}")
-    ens = ensemble_models([m for m, _ in loaded], mode)
+    ens = ensemble_models([m for m, _ in loaded], mode, weights)
     if half:
         ens = ens.half()
     config = {k: v for k, v in configs[0].items() if k not in ("format", "model", "val_accuracy", "episode")}
     if "face" in config:
         config["face"] = {k: v for k, v in config["face"].items() if k in ("crop_size", "margin")}
-    config["ensemble"] = {"mode": mode, "weights_dtype": "float16" if half else "float32", "members": [
+    config["ensemble"] = {"mode": mode, "member_weights": list(ens.backbone.weights), "weights_dtype": "float16" if half else "float32", "members": [
         {"path": str(p), "model": c.get("model"), "train": c.get("train"), "val_accuracy": c.get("val_accuracy"),
          "episode": c.get("episode")} for p, c in zip(paths, configs)]}
     out = Path(out)

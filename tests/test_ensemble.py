@@ -94,3 +94,21 @@ def test_ensemble_cli(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "training" / "ensemble_models.py"), str(tmp_path / "a"),
                         str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "error:" in r.stderr
+
+
+def test_weighted_ensemble_cosine_is_the_weighted_mean_of_the_members(tmp_path):
+    member(tmp_path, "a", [8, 8, 16, 16], 0)
+    member(tmp_path, "b", [8, 16, 16, 32], 1)
+    ensemble_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "ab", weights=[3, 1])
+    ens = h_model.load(tmp_path / "ab", device="cpu")
+    assert json.loads((tmp_path / "ab" / "config.json").read_text())["ensemble"]["member_weights"] == [0.75, 0.25]
+    x, y = (torch.randint(0, 256, (5, *SHAPE), dtype=torch.uint8) for _ in range(2))
+    a, b = (h_model.load(tmp_path / n, device="cpu") for n in "ab")
+    ax, ay, bx, by = (normed(m.embed(t)) for m in (a, b) for t in (x, y))
+    ex, ey = ens.embed(x), ens.embed(y)
+    want = 0.75 * np.einsum("ij,ij->i", ax, ay) + 0.25 * np.einsum("ij,ij->i", bx, by)
+    assert np.abs(np.einsum("ij,ij->i", ex, ey) - want).max() < 1e-5
+    assert np.abs(np.linalg.norm(ex, axis=1) - 1).max() < 1e-5
+    for bad in ([1.0], [1.0, 0.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="positive numbers"):
+            ensemble_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "x", weights=bad)

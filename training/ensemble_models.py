@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Put trained checkpoints side by side in one model (``h_model.ensemble``).
 
-    python training/ensemble_models.py RUN_A RUN_B [...] --out DIR [--mode concat|mean] [--half]
+    python training/ensemble_models.py RUN_A RUN_B [...] --out DIR [--mode concat|mean] [--weights 0.6 0.4] [--half]
 
 The members must share the variant, head settings and preprocessing. The result is an ordinary
 checkpoint (``h_model.load(DIR)``, ``FaceVerifier.load(DIR)``); a face ensemble gets its
@@ -25,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=("concat", "mean"), default="concat",
                     help="concat: members' normalised embeddings side by side (cosine = mean of the members' "
                          "cosines); mean: their average, for members that embed into one space (default concat)")
+    ap.add_argument("--weights", type=float, nargs="+", default=None,
+                    help="each member's share of the ensemble's cosine, one per run (default equal)")
     ap.add_argument("--half", action="store_true", help="store the weights as float16 (half the file)")
     a = ap.parse_args(argv)
     try:
-        weights = ensemble_checkpoints(a.runs, a.out, a.half, a.mode)
+        weights = ensemble_checkpoints(a.runs, a.out, a.half, a.mode, a.weights)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

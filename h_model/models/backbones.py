@@ -182,44 +182,51 @@ def facenet_casia(in_channels: int = 3, weights_path: str | None = None, freeze:
 class EnsembleBackbone(nn.Module):
     """Several backbones over the same input, each embedding L2-normalised, then combined:
 
-    - ``"concat"``: side by side, scaled by ``1/sqrt(k)``: unit length, and the cosine of two such
-      embeddings is the mean of the members' cosines (any member dimensions);
-    - ``"mean"``: their mean, for members that embed into one space (e.g. students distilled from
-      the same teacher): the embedding keeps the members' dimension.
+    - ``"concat"``: side by side, member ``i`` scaled by ``sqrt(w_i / sum(w))``: unit length, and the
+      cosine of two such embeddings is the ``w``-weighted mean of the members' cosines (any member
+      dimensions);
+    - ``"mean"``: their ``w``-weighted mean, for members that embed into one space (e.g. students
+      distilled from the same teacher): the embedding keeps the members' dimension.
+
+    ``weights`` (``w``, positive, one per member) default to equal.
     """
 
     MODES = ("concat", "mean")
 
-    def __init__(self, members: list[nn.Module], mode: str = "concat") -> None:
+    def __init__(self, members: list[nn.Module], mode: str = "concat", weights: list[float] | None = None) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
         if mode not in self.MODES:
             raise ValueError(f"ensemble mode must be one of {self.MODES}, got {mode!r}")
+        w = [1.0] * len(members) if weights is None else [float(v) for v in weights]
+        if len(w) != len(members) or not all(math.isfinite(v) and v > 0 for v in w):
+            raise ValueError(f"ensemble weights must be {len(members)} positive numbers, got {weights!r}")
         self.members, self.mode = nn.ModuleList(members), mode
+        self.weights = [v / sum(w) for v in w]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = [F.normalize(m(x).flatten(1).float(), dim=-1) for m in self.members]
         if self.mode == "concat":
-            return torch.cat(z, dim=-1) / math.sqrt(len(z))
+            return torch.cat([t * math.sqrt(w) for t, w in zip(z, self.weights)], dim=-1)
         if len({t.shape[-1] for t in z}) > 1:
             raise ValueError(f"mode 'mean' needs members of one embedding size, got {[t.shape[-1] for t in z]}")
-        return torch.stack(z).mean(0)
+        return sum(t * w for t, w in zip(z, self.weights))
 
 
 @BACKBONES.register("ensemble")
 def ensemble(members: list[dict[str, Any]], mode: str = "concat", in_channels: int | None = None,
-             input_size: int | None = None) -> nn.Module:
+             input_size: int | None = None, weights: list[float] | None = None) -> nn.Module:
     """``members``: ``[{"backbone": name, "kwargs": {...}}, ...]``, each built like a backbone of its own
     (``in_channels``/``input_size`` passed on where a member takes them and does not set them);
-    ``mode``: ``"concat"`` or ``"mean"`` (:class:`EnsembleBackbone`)."""
+    ``mode``: ``"concat"`` or ``"mean"``; ``weights``: one per member (:class:`EnsembleBackbone`)."""
     shape = None if in_channels is None or input_size is None else (in_channels, input_size, input_size)
     built = []
     for m in members:
         if not isinstance(m, dict) or "backbone" not in m or m["backbone"] == "ensemble":
             raise ValueError(f"ensemble members are {{'backbone': NAME, 'kwargs': {{...}}}} of other backbones, got {m!r}")
         built.append(create_backbone(m["backbone"], **backbone_defaults(m["backbone"], shape, m.get("kwargs") or {})))
-    return EnsembleBackbone(built, mode)
+    return EnsembleBackbone(built, mode, weights)
 
 
 def backbone_defaults(name: str, input_shape: tuple[int, int, int] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
