@@ -16,6 +16,7 @@ a tensor is a version (2), four integer dimensions and raw little-endian float32
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +123,7 @@ class _Stream:
         dims = [self.int() for _ in range(4)]
         if any(d < 0 for d in dims):
             raise self.fail(f"negative tensor dimensions {dims}")
-        n = int(np.prod(dims))
+        n = math.prod(dims)
         return np.frombuffer(self.take(4 * n), "<f4").astype(np.float32).reshape(dims)
 
     def alias(self) -> tuple[int, ...]:
