@@ -7,6 +7,7 @@
     make-pairs ROOT [ROOT...] --out pairs.txt --index index.json [--folds 10 --per-fold 300]
     pack OUT [--data-root DIR] [--sets A B] [--teacher dlib]   (aligned crops + teacher embeddings, portable)
     convert-sface SFACE.onnx --out DIR [--float16]            (OpenCV Zoo's SFace -> an h_model checkpoint)
+    convert-dlib MODEL.dat --out DIR [--float16]              (dlib's face ResNet -> an h_model checkpoint)
 """
 from __future__ import annotations
 
@@ -113,10 +114,10 @@ def _pack(a: argparse.Namespace) -> int:
     return 0
 
 
-def _convert_sface(a: argparse.Namespace) -> int:
-    from .convert import convert_sface
+def _convert(a: argparse.Namespace) -> int:
+    from .convert import convert_dlib, convert_sface
 
-    cfg = convert_sface(a.onnx, a.out, float16=a.float16)
+    cfg = (convert_sface if a.cmd == "convert-sface" else convert_dlib)(a.file, a.out, float16=a.float16)
     _print({"checkpoint": str(a.out), "source": cfg["source"], "preprocess": cfg["preprocess"], "face": cfg["face"],
             "note": "no threshold yet: calibrate one on validation pairs (python -m h_model.faces.evaluate_pairs "
                     "--pairs VAL_PAIRS ... --save-threshold 0.001)"})
@@ -180,11 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the split seed of the training run")
     p.add_argument("--split", default="0.7,0.15,0.15", help="the training run's train,validation,test fractions")
     p.set_defaults(run=_pack)
-    p = sub.add_parser("convert-sface", help="convert an SFace ONNX file (float32, int8 or int8 blocks) to a checkpoint")
-    p.add_argument("onnx")
-    p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--float16", action="store_true", help="store the weights in half precision")
-    p.set_defaults(run=_convert_sface)
+    for name, what in (("convert-sface", "an SFace ONNX file (float32, int8 or int8 blocks)"),
+                       ("convert-dlib", "dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1.dat)")):
+        p = sub.add_parser(name, help=f"convert {what} to a checkpoint")
+        p.add_argument("file")
+        p.add_argument("--out", required=True, help="checkpoint folder to write")
+        p.add_argument("--float16", action="store_true", help="store the weights in half precision")
+        p.set_defaults(run=_convert)
     a = ap.parse_args(argv)
     try:
         return a.run(a)

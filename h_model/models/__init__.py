@@ -1,5 +1,5 @@
 """Few-shot learners (registered by name) and their backbones."""
-from . import incontext, matching, proto, sface, siamese  # noqa: F401  (register the variants and the sface backbone)
+from . import dlib_resnet, incontext, matching, proto, sface, siamese  # noqa: F401  (register the variants and the sface/dlib_resnet backbones)
 from .backbones import BACKBONES, create_backbone, list_backbones
 from .base import MODELS, FewShotModel, create_model, embedding_dim, list_models
 

@@ -241,6 +241,26 @@ def backbone_defaults(name: str, input_shape: tuple[int, int, int] | None, kwarg
     return out
 
 
+def checkpoint_backbone_state(path: str | Path, name: str, sources: str) -> dict[str, torch.Tensor]:
+    """The ``backbone.*`` tensors of an h_model checkpoint (run directory or ``model.safetensors``) whose
+    backbone is ``name`` (checked against the ``config.json`` beside the weights, when there is one);
+    ``sources`` names what the caller accepts, for the error message."""
+    import json
+
+    from safetensors.torch import load_file
+
+    path = Path(path).expanduser()
+    file = path / "model.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"no {name} weights at {path} ({sources})")
+    config = file.parent / "config.json"
+    if config.is_file():
+        other = json.loads(config.read_text()).get("model", {}).get("backbone")
+        if other is not None and other != name:
+            raise ValueError(f"{path} holds a {other} backbone, not {name}")
+    return {k.removeprefix("backbone."): v for k, v in load_file(str(file)).items() if k.startswith("backbone.")}
+
+
 def create_backbone(name: str, **kwargs) -> nn.Module:
     return BACKBONES.get(name)(**kwargs)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .backbones import BACKBONES
+from .backbones import BACKBONES, checkpoint_backbone_state
 
 #: (in channels, out channels, stride) of each depthwise + pointwise pair after the stem.
 SFACE_PAIRS: tuple[tuple[int, int, int], ...] = (
@@ -85,12 +85,7 @@ def sface(in_channels: int = 3, input_size: int = 112, dim: int = 128, dropout: 
             state, info = read_onnx(path)
             net.input_norm = {"mean": tuple(info["mean"]), "std": tuple(info["std"])}
         else:
-            from safetensors.torch import load_file
-
-            file = path / "model.safetensors" if path.is_dir() else path
-            if not file.is_file():
-                raise FileNotFoundError(f"no sface weights at {path} (an .onnx file or an h_model checkpoint)")
-            state = {k.removeprefix("backbone."): v for k, v in load_file(str(file)).items() if k.startswith("backbone.")}
+            state = checkpoint_backbone_state(path, "sface", "an .onnx file or an h_model checkpoint")
         net.load_state_dict(state)
     return net
 

@@ -13,6 +13,8 @@ BACKBONE_CASES = {  # name -> (kwargs, input shape): small but real configuratio
     "inception_resnet_v1": ({}, (3, 96, 96)),
     "face_resnet": ({"channels": [8, 16, 16, 32], "blocks": [1, 1, 1, 1], "dim": 24}, (3, 48, 48)),
     "sface": ({"dim": 32}, (3, 48, 48)),  # SFace's layers on a 48x48 input (the published weights want 112)
+    # dlib's ResNet on its 150x150 chip, resampled from a 48x48 input (chip pixel u -> 0.32 u - 0.34)
+    "dlib_resnet": ({"dim": 32, "chip_affine": [[0.32, 0, -0.34], [0, 0.32, -0.34]]}, (3, 48, 48)),
     "nas_cnn": ({"layers": [{"filters": 24, "kernel_h": 3, "kernel_w": 5, "stride_h": 2, "stride_w": 1},
                             {"filters": 36, "kernel_h": 1, "kernel_w": 3, "stride_h": 1, "stride_w": 2}]}, (1, 28, 28)),
     "ensemble": ({"members": [{"backbone": "face_resnet", "kwargs": {"channels": [8, 16, 16, 32], "dim": 24}},
@@ -42,7 +44,7 @@ def episode(shape, way=3, shot=2, query=2, batch=2):
 @pytest.mark.parametrize("backbone", sorted(BACKBONE_CASES))
 @pytest.mark.parametrize("variant", sorted(VARIANT_KWARGS))
 def test_shapes_gradients_and_checkpoint_round_trip(variant, backbone, tmp_path):
-    if backbone in ("inception_resnet_v1", "sface") and variant != "proto":
+    if backbone in ("inception_resnet_v1", "sface", "dlib_resnet") and variant != "proto":
         pytest.skip("the pretrained-size face backbones are exercised once, under proto")
     bkw, shape = BACKBONE_CASES[backbone]
     model = create_model(variant, backbone, bkw, input_shape=shape, **VARIANT_KWARGS[variant])
