@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     embedders = {Path(p).name: bf.model_embedder(p, Path(p).name) for p in a.model}
     align = next(iter(embedders.values())).verifier.detector.settings
     _, val, test = faces_splits(root, image_size=int(align["crop_size"]), margin=float(align["margin"]), seed=a.seed,
-                                alignment=align.get("alignment", "eyes"))
+                                alignment=align.get("alignment", "eyes"), detector=align.get("detector", "mtcnn"))
     splits = {"val": val, **({"test": test} if a.test else {})}
     z = {s: {n: l2_normalize(e.embed(d.images)) for n, e in embedders.items()} for s, d in splits.items()}
     candidates: dict[str, dict[str, dict]] = {}

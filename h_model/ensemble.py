@@ -86,8 +86,8 @@ def ensemble_checkpoints(paths: Sequence[str | Path], out: str | Path, half: boo
     if "face" in config:
         config["face"] = {k: v for k, v in config["face"].items() if k in ("crop_size", "margin")}
     config["ensemble"] = {"mode": mode, "member_weights": list(ens.backbone.weights), "weights_dtype": "float16" if half else "float32", "members": [
-        {"path": str(p), "model": c.get("model"), "train": c.get("train"), "val_accuracy": c.get("val_accuracy"),
-         "episode": c.get("episode")} for p, c in zip(paths, configs)]}
+        {"path": str(p), "model": c.get("model"), "source": c.get("source"), "train": c.get("train"),
+         "val_accuracy": c.get("val_accuracy"), "episode": c.get("episode")} for p, c in zip(paths, configs)]}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     weights = save_checkpoint(out, ens, config)

@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(src / f, dst / f)
     if not (src / "results.json").is_file():
         write_json(dst / "results.json", {})
+    results = json.loads((dst / "results.json").read_text())
+    if "ensemble_of" in results:  # member names, not this machine's paths
+        results["ensemble_of"] = [Path(p).name for p in results["ensemble_of"]]
+        write_json(dst / "results.json", results)
     pack = cfg["data"].pop("pack", None)
     cfg["data"]["data_root"] = None
     trains = [cfg["train"]] if "train" in cfg else []
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         drop_machine_paths(train)
     for m in cfg.get("ensemble", {}).get("members", []):
         m["path"] = Path(m["path"]).name
+        if (m.get("source") or {}).get("crops_of"):
+            m["source"]["crops_of"] = Path(m["source"]["crops_of"]).name
     if a.flip_embed:
         cfg["model"].setdefault("model_kwargs", {})["flip_embed"] = True
     if a.detector:

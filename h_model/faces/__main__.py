@@ -7,7 +7,7 @@
     make-pairs ROOT [ROOT...] --out pairs.txt --index index.json [--folds 10 --per-fold 300]
     pack OUT [--data-root DIR] [--sets A B] [--teacher dlib]   (aligned crops + teacher embeddings, portable)
     convert-sface SFACE.onnx --out DIR [--float16]            (OpenCV Zoo's SFace -> an h_model checkpoint)
-    convert-dlib MODEL.dat --out DIR [--float16]              (dlib's face ResNet -> an h_model checkpoint)
+    convert-dlib MODEL.dat --out DIR [--float16] [--like CKPT] (dlib's face ResNet -> an h_model checkpoint)
 """
 from __future__ import annotations
 
@@ -114,10 +114,33 @@ def _pack(a: argparse.Namespace) -> int:
     return 0
 
 
+def _fit_chip_affine(like: str, data_root: str | None, limit: int) -> list[list[float]]:
+    """The crop-to-dlib-chip map, fitted on the validation crops of ``like``'s own alignment."""
+    from ..checkpoint import load_checkpoint
+    from ..data.faces import faces_splits
+    from .chip_map import fit_chip_affine
+
+    face = load_checkpoint(like, "cpu")[1].get("face") or {}
+    if "crop_size" not in face:
+        raise ValueError(f"{like} is not a face checkpoint (its config has no face crop settings)")
+    _, val, _ = faces_splits(data_root, image_size=int(face["crop_size"]), margin=float(face.get("margin", 0.0)),
+                             alignment=face.get("alignment", "eyes"), detector=face.get("detector", "mtcnn"))
+    chip_affine, spread = fit_chip_affine(val.images, limit)
+    print(f"dlib chip map from {spread['crops']} validation crops: {chip_affine} (interquartile range: scale "
+          f"{spread['iqr_scale']:.4f}, shift {spread['iqr_shift_px']:.2f} px)", file=sys.stderr)
+    return chip_affine
+
+
 def _convert(a: argparse.Namespace) -> int:
     from .convert import convert_dlib, convert_sface
 
-    cfg = (convert_sface if a.cmd == "convert-sface" else convert_dlib)(a.file, a.out, float16=a.float16)
+    if a.cmd == "convert-sface":
+        cfg = convert_sface(a.file, a.out, float16=a.float16)
+    elif a.like is None:
+        cfg = convert_dlib(a.file, a.out, float16=a.float16)
+    else:
+        cfg = convert_dlib(a.file, a.out, float16=a.float16, like=a.like,
+                           chip_affine=_fit_chip_affine(a.like, a.data_root, a.fit_crops))
     _print({"checkpoint": str(a.out), "source": cfg["source"], "preprocess": cfg["preprocess"], "face": cfg["face"],
             "note": "no threshold yet: calibrate one on validation pairs (python -m h_model.faces.evaluate_pairs "
                     "--pairs VAL_PAIRS ... --save-threshold 0.001)"})
@@ -187,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("file")
         p.add_argument("--out", required=True, help="checkpoint folder to write")
         p.add_argument("--float16", action="store_true", help="store the weights in half precision")
+        if name == "convert-dlib":
+            p.add_argument("--like", help="a face checkpoint whose crops, preprocessing, detector and head the model "
+                                          "takes (resampled into dlib's chip by a map fitted on its validation "
+                                          "crops; needs dlib): an ensemble member beside that model")
+            p.add_argument("--data-root", help="face data for fitting the map (default: H_DATA_ROOT)")
+            p.add_argument("--fit-crops", type=int, default=400, help="validation crops the map is fitted on")
         p.set_defaults(run=_convert)
     a = ap.parse_args(argv)
     try:

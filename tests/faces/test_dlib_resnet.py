@@ -221,3 +221,54 @@ def test_other_checkpoints_and_files_are_refused(dat_file: Path, reference, tmp_
             read_dlib_net(tmp_path / f"{name}.dat")
     with pytest.raises(DlibFormatError, match="not dlib's face recognition ResNet"):
         read_dlib_net(reference[1].pose_predictor_five_point_model_location())  # another dlib file
+
+
+@pytest.fixture(scope="module")
+def five_point_crops(faces_root: Path) -> torch.Tensor:
+    """YuNet five-point 112x112 crops of 8 real photos of 4 people (uint8 ``[8, 3, 112, 112]``)."""
+    from h_model.faces import FaceDetector
+
+    det = FaceDetector(crop_size=112, alignment="five_point", detector="yunet")
+    people = sorted(p for p in (faces_root / "celeba_align").iterdir() if p.is_dir())[:4]
+    photos = [f for p in people for f in sorted(p.iterdir())[:2]]
+    return torch.stack([torch.from_numpy(np.array(f.crop)).permute(2, 0, 1) for f in det.largest(photos)])
+
+
+def test_chip_map_fitted_on_five_point_crops(reference, five_point_crops: torch.Tensor) -> None:
+    from h_model.faces.chip_map import fit_chip_affine
+
+    m, spread = fit_chip_affine(five_point_crops)
+    (a, b, tx), (c, d, ty) = m
+    assert spread["crops"] == 8
+    assert 0.6 < a < 0.8 and 0.6 < d < 0.8 and abs(b) < 0.05 and abs(c) < 0.05  # an upscale, no rotation
+    assert 0 < tx < 12 and 10 < ty < 30  # dlib's chip sits lower on the face (the chin) than the five-point crop
+    with pytest.raises(ValueError, match="uint8"):
+        fit_chip_affine(five_point_crops.float())
+
+
+def test_convert_like_another_model_makes_an_ensemble_member(dat_file: Path, tmp_path: Path,
+                                                            five_point_crops: torch.Tensor) -> None:
+    import h_model
+    from h_model.bundled import bundled_path
+    from h_model.ensemble import ensemble_checkpoints
+    from h_model.faces import FaceVerifier
+    from h_model.faces.convert import convert_dlib
+
+    like = bundled_path("faces")
+    with pytest.raises(ValueError, match="chip_affine"):
+        convert_dlib(dat_file, tmp_path / "x", like=like)
+    m = [[0.689, 0.0, 4.3], [0.0, 0.689, 20.5]]
+    cfg = convert_dlib(dat_file, tmp_path / "d", like=like, chip_affine=m)
+    ref = json.loads((like / "config.json").read_text())
+    assert cfg["preprocess"] == ref["preprocess"] and cfg["face"]["detector"] == "yunet"
+    assert cfg["model"]["backbone_kwargs"]["chip_affine"] == m and cfg["model"]["model_kwargs"]["flip_embed"]
+    v = FaceVerifier.load(tmp_path / "d", device="cpu")  # takes the five-point crops like the other model
+    assert v.detector.settings == {"crop_size": 112, "margin": 0.0, "alignment": "five_point", "detector": "yunet"}
+    z = v.embed_crops(list(five_point_crops))
+    sims = z @ z.T
+    person = np.arange(8) // 2
+    assert sims[(person[:, None] == person[None]) & ~np.eye(8, dtype=bool)].min() > \
+        sims[person[:, None] != person[None]].max()  # dlib's ResNet tells these 4 people apart from the crops
+    convert_dlib(dat_file, tmp_path / "d2", like=tmp_path / "d", chip_affine=m)
+    ensemble_checkpoints([tmp_path / "d", tmp_path / "d2"], tmp_path / "dd")  # same crops and head: they combine
+    assert h_model.load(tmp_path / "dd", device="cpu").embed(five_point_crops[:2]).shape == (2, 256)
