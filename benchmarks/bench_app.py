@@ -173,7 +173,7 @@ def main() -> int:
     result["load_average_end"] = os.getloadavg()
     result["target_p50_ms"] = 300
     result["notes"] = {
-        "identify_in_process": "FaceDemo.identify: decode, MTCNN detection, alignment, embedding, FAISS + head",
+        "identify_in_process": "FaceDemo.identify: decode, detection (the model's detector), alignment, embedding, FAISS + head",
         "identify_http": "upload, queue, the same work, the answer, and downloading the boxed photo and 3 thumbnails",
         "identify_http_json_only": "as identify_http without downloading the output images",
         "identify_api": "POST /api/v1/identify with the photo's bytes: one round trip, JSON answer, no images back",
