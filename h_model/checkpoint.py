@@ -79,12 +79,19 @@ def build_model(config: dict[str, Any]) -> FewShotModel:
     return create_model(m["variant"], m["backbone"], m.get("backbone_kwargs") or {}, **(m.get("model_kwargs") or {}))
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[FewShotModel, dict[str, Any]]:
-    """Rebuild the model from its config and load its weights (safetensors: no code execution)."""
-    weights, cfg_path = resolve_checkpoint(path)
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The config of the checkpoint at ``path`` (run directory or weights file), weights unread."""
+    _, cfg_path = resolve_checkpoint(path)
     config = json.loads(cfg_path.read_text())
     if config.get("format") != FORMAT:
         raise ValueError(f"{cfg_path} is not an h_model checkpoint config (format {config.get('format')!r})")
+    return config
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[FewShotModel, dict[str, Any]]:
+    """Rebuild the model from its config and load its weights (safetensors: no code execution)."""
+    weights, _ = resolve_checkpoint(path)
+    config = read_config(path)
     model = build_model(config)
     model.load_state_dict(load_file(str(weights), device="cpu"))
     return model.to(device).eval(), config

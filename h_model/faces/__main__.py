@@ -116,11 +116,11 @@ def _pack(a: argparse.Namespace) -> int:
 
 def _fit_chip_affine(like: str, data_root: str | None, limit: int) -> list[list[float]]:
     """The crop-to-dlib-chip map, fitted on the validation crops of ``like``'s own alignment."""
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import read_config
     from ..data.faces import faces_splits
     from .chip_map import fit_chip_affine
 
-    face = load_checkpoint(like, "cpu")[1].get("face") or {}
+    face = read_config(like).get("face") or {}
     if "crop_size" not in face:
         raise ValueError(f"{like} is not a face checkpoint (its config has no face crop settings)")
     _, val, _ = faces_splits(data_root, image_size=int(face["crop_size"]), margin=float(face.get("margin", 0.0)),

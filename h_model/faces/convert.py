@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import read_config, save_checkpoint
 from ..models import create_model
 from ..models.dlib_resnet import CHIP, DLIB_INPUT_NORM, dlib_state
 from ..models.sface import read_onnx
@@ -86,7 +86,7 @@ def convert_dlib(dat_path: str | Path, out: str | Path, float16: bool = False, s
     if chip_affine is None:
         raise ValueError("a dlib model that takes another model's crops needs their chip_affine map "
                          "(h_model.faces.chip_map.fit_chip_affine)")
-    _, cfg = load_checkpoint(like, "cpu")
+    cfg = read_config(like)
     prep = Preprocess.from_dict(cfg["preprocess"])
     face = {k: v for k, v in (cfg.get("face") or {}).items() if k in ("crop_size", "margin", "alignment", "detector")}
     if "crop_size" not in face:
