@@ -107,6 +107,15 @@ def main() -> int:
     result["identify_in_process"] = percentiles(inproc)
     print(f"identify in process, 640x480, {a.people} people: {result['identify_in_process']}")
 
+    setups = []
+    for _ in range(20):
+        t = time.perf_counter()
+        httpx.Client().close()
+        setups.append(time.perf_counter() - t)
+    result["httpx_client_setup"] = percentiles(setups)
+    print(f"one new httpx.Client (gradio_client makes one per upload and per downloaded file): "
+          f"{result['httpx_client_setup']}")
+
     app = AppServer(work / "gallery", model, work).start()
     try:
         client = Client(app.url, verbose=False, analytics_enabled=False, httpx_kwargs={"timeout": 300})
@@ -176,6 +185,8 @@ def main() -> int:
         "identify_in_process": "FaceDemo.identify: decode, detection (the model's detector), alignment, embedding, FAISS + head",
         "identify_http": "upload, queue, the same work, the answer, and downloading the boxed photo and 3 thumbnails",
         "identify_http_json_only": "as identify_http without downloading the output images",
+        "httpx_client_setup": "constructing one httpx.Client (mostly its SSL context), a client-side cost that "
+                              "gradio_client pays for the upload and again for each output file it downloads",
         "identify_api": "POST /api/v1/identify with the photo's bytes: one round trip, JSON answer, no images back",
         "load_20_concurrent": "20 requests at once against --concurrency 2: latency includes waiting in the queue",
         "load_20_concurrent_api": "as load_20_concurrent, through the JSON API"}

@@ -20,7 +20,7 @@ import torch
 from ..data.folder import list_class_folders
 from .scores import calibrate_threshold
 
-__all__ = ["Pair", "PairList", "ImageIndex", "read_pairs", "write_pairs", "make_pairs", "sample_folds",
+__all__ = ["all_pairs_tar_at_far", "Pair", "PairList", "ImageIndex", "read_pairs", "write_pairs", "make_pairs", "sample_folds",
            "label_pairs", "split_names",
            "roc_auc", "roc_curve", "tar_at_far", "best_threshold", "kfold_accuracy", "pair_metrics"]
 
@@ -274,6 +274,25 @@ def tar_at_far(scores: Sequence[float] | np.ndarray, same: Sequence[bool] | np.n
     t = calibrate_threshold(s, y, far)
     return {"far_target": far, "threshold": t, "tar": float((s[y] >= t).mean()), "far": float((s[~y] >= t).mean()),
             "resolvable": bool(far * (~y).sum() >= 1)}
+
+
+def all_pairs_tar_at_far(z: np.ndarray, labels: Sequence[int] | np.ndarray,
+                         fars: Sequence[float] = (1e-3, 1e-2)) -> dict[str, Any]:
+    """TAR at each FAR over every pair of rows of ``z`` (one embedding per image, same label = same
+    person), not a sampled pair list: with ``n`` images there are about ``n**2 / 2`` impostor pairs,
+    so a FAR of 1e-3 rests on thousands of them instead of one or two (memory grows as ``n**2``)."""
+    z = np.asarray(z, dtype=np.float64)
+    y = np.asarray(labels).reshape(-1)
+    if z.ndim != 2 or len(z) != len(y):
+        raise ValueError(f"need one label per embedding row, got {z.shape} and {y.shape}")
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    i, j = np.triu_indices(len(z), 1)
+    scores = (z @ z.T)[i, j]
+    same = y[i] == y[j]
+    if not same.any():
+        raise ValueError("no two images share a label: there are no genuine pairs")
+    return {"genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()),
+            "tar_at_far": {f"{f:g}": tar_at_far(scores, same, f) for f in fars}}
 
 
 def best_threshold(scores: Sequence[float] | np.ndarray, same: Sequence[bool] | np.ndarray) -> float:

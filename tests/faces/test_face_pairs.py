@@ -11,8 +11,8 @@ from PIL import Image
 
 from h_model.data import split_classes
 from h_model.faces.evaluate_pairs import main as eval_main
-from h_model.faces.pairs import (ImageIndex, Pair, PairList, best_threshold, kfold_accuracy, make_pairs,
-                                 pair_metrics, read_pairs, roc_auc, roc_curve, split_names, tar_at_far, write_pairs)
+from h_model.faces.pairs import (ImageIndex, Pair, PairList, all_pairs_tar_at_far, best_threshold, kfold_accuracy,
+                                 make_pairs, pair_metrics, read_pairs, roc_auc, roc_curve, split_names, tar_at_far, write_pairs)
 from h_model.faces.verifier import calibrate_threshold
 from tests.conftest import tiny_imageset
 
@@ -54,6 +54,19 @@ def test_metrics_known_answers() -> None:
     gen = np.array([0.3, 0.499, 0.6, 0.7])
     r = tar_at_far(np.r_[gen, imp], np.r_[np.ones(4, bool), np.zeros(1000, bool)], 1e-2)
     assert r["far"] == pytest.approx(0.01) and r["tar"] == pytest.approx(0.75) and r["resolvable"]
+
+
+def test_all_pairs_tar_at_far_known_answers() -> None:
+    # rows 0,1 one person (cosine 1.0), rows 2,3 another (cosine 0.6); impostor cosines 0, 0, 0.8, 0.8
+    z = np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.8, 0.6]])
+    r = all_pairs_tar_at_far(z, [0, 0, 1, 1], fars=(0.0, 0.5))
+    assert r["genuine_pairs"] == 2 and r["impostor_pairs"] == 4
+    assert r["tar_at_far"]["0"]["tar"] == 0.5 and r["tar_at_far"]["0"]["far"] == 0.0
+    assert r["tar_at_far"]["0.5"]["tar"] == 1.0 and r["tar_at_far"]["0.5"]["far"] == 0.5
+    with pytest.raises(ValueError, match="genuine"):
+        all_pairs_tar_at_far(z, [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="one label per"):
+        all_pairs_tar_at_far(z, [0, 0, 1])
 
 
 def test_split_names_matches_split_classes() -> None:
