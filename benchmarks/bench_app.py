@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import ssl
 import sys
 import tempfile
 import threading
@@ -31,6 +32,7 @@ sys.path.insert(0, str(REPO))
 from h_model.data.root import resolve_data_root  # noqa: E402
 
 from h_model.plots import write_report  # noqa: E402
+from h_model.runtime import cpu_description  # noqa: E402
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -74,7 +76,9 @@ def main() -> int:
     model = resolve_face_model(a.model)
     work = Path(tempfile.mkdtemp(prefix="bench_app_"))
     photo = query_photo(resolve_data_root(a.data_root), work / "query_640x480.jpg")
-    result: dict = {"model": str(model), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+    shown = model.resolve().relative_to(REPO) if model.resolve().is_relative_to(REPO) else model
+    result: dict = {"model": str(shown), "command": " ".join(["python benchmarks/bench_app.py", *sys.argv[1:]]),
+                    "cpu": cpu_description(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
                     "load_average_start": os.getloadavg()}
 
     starts = []
@@ -121,7 +125,12 @@ def main() -> int:
         client = Client(app.url, verbose=False, analytics_enabled=False, httpx_kwargs={"timeout": 300})
         json_only = Client(app.url, verbose=False, analytics_enabled=False, httpx_kwargs={"timeout": 300},
                            download_files=False)
-        for key, c in (("identify_http", client), ("identify_http_json_only", json_only)):
+        # one SSL context for every request (certificate checks stay on): gradio_client would otherwise
+        # build a new one for the queue request, the upload and each downloaded file
+        reused_ssl = Client(app.url, verbose=False, analytics_enabled=False, httpx_kwargs={"timeout": 300},
+                            ssl_verify=ssl.create_default_context())
+        for key, c in (("identify_http", client), ("identify_http_json_only", json_only),
+                       ("identify_http_reused_ssl", reused_ssl)):
             seq = []
             for i in range(a.requests + 3):
                 t = time.perf_counter()
@@ -185,6 +194,8 @@ def main() -> int:
         "identify_in_process": "FaceDemo.identify: decode, detection (the model's detector), alignment, embedding, FAISS + head",
         "identify_http": "upload, queue, the same work, the answer, and downloading the boxed photo and 3 thumbnails",
         "identify_http_json_only": "as identify_http without downloading the output images",
+        "identify_http_reused_ssl": "as identify_http, the client given one SSL context for all its requests "
+                                    "(Client(url, ssl_verify=ssl.create_default_context())), certificate checks on",
         "httpx_client_setup": "constructing one httpx.Client (mostly its SSL context), a client-side cost that "
                               "gradio_client pays for the upload and again for each output file it downloads",
         "identify_api": "POST /api/v1/identify with the photo's bytes: one round trip, JSON answer, no images back",
