@@ -18,6 +18,9 @@ easyfsl's time divided by h_model's (a lower bound, marked, when easyfsl never g
     pip install -r requirements-bench.txt
     python benchmarks/bench_vs_easyfsl.py [--easyfsl-minutes 25] [--threads 2] [--workers 2]
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/bench_vs_easyfsl.py   # as an AVX2-only CPU runs
+    # another h_model setting against easyfsl's curve from an earlier run on the same machine:
+    python benchmarks/bench_vs_easyfsl.py --set lr=0.002 --set both_ways=false \
+        --reuse-easyfsl benchmarks/results/vs_easyfsl_val5s.json --val-every-s 5 --out /tmp/one_way.json
 
 Writes ``benchmarks/results/vs_easyfsl.json`` and ``vs_easyfsl.png`` (accuracy against seconds).
 """
@@ -181,13 +184,34 @@ def h_model_monitor(val: FixedEpisodes, curve: Curve, val_every_s: float) -> Cal
     return monitor
 
 
-def run_h_model(config: Path, val: FixedEpisodes, val_every_s: float, out: Path) -> tuple[Curve, dict]:
+def run_h_model(config: Path, val: FixedEpisodes, val_every_s: float, out: Path,
+                overrides: dict | None = None) -> tuple[Curve, dict]:
     values = yaml.safe_load(config.read_text()) or {}
+    values.update(overrides or {})
     values.update(out=str(out), eval_settings=["5w1s"], eval_episodes=300)
     cfg = TrainConfig.from_dict(values)
     curve = Curve()
     results = train(cfg, monitor=h_model_monitor(val, curve, val_every_s))
     return curve, results.get("train", {})
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> a dict of training options, each value read as YAML (``lr=0.006``, ``both_ways=true``)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes KEY=VALUE, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def reused_easyfsl(path: Path) -> tuple[Curve, float]:
+    """easyfsl's curve and budget from an earlier result of this benchmark (the same validation episodes)."""
+    report = json.loads(path.read_text())
+    c = report["curves"]["easyfsl"]
+    return Curve(list(c["seconds"]), list(c["episodes"]), {k: list(v) for k, v in c["acc"].items()}), \
+        float(report["easyfsl_budget_s"])
 
 
 def speedup(theirs: float | None, ours: float | None, their_budget: float) -> dict:
@@ -233,8 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="easyfsl DataLoader workers")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one option of h_model's config (repeatable), e.g. --set lr=0.006")
+    ap.add_argument("--reuse-easyfsl", default=None, metavar="JSON",
+                    help="take easyfsl's curve from an earlier result of this benchmark on the same machine "
+                         "instead of training it again (for comparing h_model settings)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "vs_easyfsl.json"))
     a = ap.parse_args(argv)
+    try:
+        overrides = parse_overrides(a.set)
+    except ValueError as e:
+        ap.error(str(e))
     try:
         import easyfsl  # noqa: F401
     except ImportError:
@@ -244,9 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     train_set, val_set, _ = omniglot_splits(a.data_root)
     val = FixedEpisodes(val_set)
     with tempfile.TemporaryDirectory() as tmp:
-        ours, ours_train = run_h_model(Path(a.config), val, a.val_every_s, Path(tmp) / "run")
-    theirs = run_easyfsl(train_set, val, a.easyfsl_minutes, a.val_every_s, a.workers, a.seed)
-    budget = 60 * a.easyfsl_minutes
+        ours, ours_train = run_h_model(Path(a.config), val, a.val_every_s, Path(tmp) / "run", overrides)
+    if a.reuse_easyfsl:
+        theirs, budget = reused_easyfsl(Path(a.reuse_easyfsl))
+    else:
+        theirs = run_easyfsl(train_set, val, a.easyfsl_minutes, a.val_every_s, a.workers, a.seed)
+        budget = 60 * a.easyfsl_minutes
     best20 = theirs.best("20w1s")
     times = {"to_97": {"h_model": ours.time_to("5w1s", TARGET), "easyfsl": theirs.time_to("5w1s", TARGET)},
              "to_easyfsl_best_20w1s": {"h_model": ours.time_to("20w1s", best20),
@@ -256,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     cpu = cpu_description()
     report = {"command": "python benchmarks/bench_vs_easyfsl.py " + " ".join(argv or sys.argv[1:]),
               "cpu": cpu, "threads": a.threads, "easyfsl_workers": a.workers, "easyfsl_budget_s": budget,
-              "h_model_config": Path(a.config).name, "h_model_train": ours_train,
+              "h_model_config": Path(a.config).name, "h_model_overrides": overrides, "h_model_train": ours_train,
+              "easyfsl_from": a.reuse_easyfsl,
               "validation": "300 fixed episodes per setting of the 256 validation classes, 15 queries per class",
               "easyfsl_best_20w1s": best20, "seconds": times,
               "speedup_to_97": s97["value"], "speedup_to_97_is_lower_bound": s97["lower_bound"],

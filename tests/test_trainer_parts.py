@@ -212,6 +212,28 @@ def test_train_step_schedule_and_update(tmp_path: Path) -> None:
     assert not torch.equal(model.log_scale.detach(), before)
 
 
+def test_both_ways_loss_is_the_mean_of_the_episode_and_its_swap() -> None:
+    import torch.nn.functional as F
+
+    from h_model.trainer import EpisodeLoss
+
+    torch.manual_seed(0)
+    model = create_model("proto", "conv4", input_shape=(1, SIZE, SIZE)).eval()
+    sx, qx = torch.randn(3, 1, SIZE, SIZE), torch.randn(6, 1, SIZE, SIZE)
+    sy, qy = torch.tensor([0, 1, 2]), torch.tensor([0, 0, 1, 1, 2, 2])   # 3-way 1-shot 2-query
+    loss, logits = EpisodeLoss(model, both_ways=True)(sx, sy, qx, qy, 3)[:2]
+    forward = model(sx, sy, qx, 3)       # the queries by the support prototypes
+    swapped = model(qx, qy, sx, 3)       # the support images by the queries' (2-shot) prototypes
+    want = (F.cross_entropy(forward, qy) + F.cross_entropy(swapped, sy)) / 2
+    # the swap shares one BatchNorm batch, so in eval mode its logits equal two separate calls
+    assert torch.allclose(logits, forward, atol=1e-5) and torch.allclose(loss, want, atol=1e-5)
+    assert TrainConfig.from_dict({"both_ways": True}).both_ways
+    siamese = create_model("siamese", "conv4", input_shape=(1, SIZE, SIZE))
+    assert model.trains_both_ways and not siamese.trains_both_ways
+    with pytest.raises(ValueError, match="own episode loss"):
+        EpisodeLoss(siamese, both_ways=True)
+
+
 # -- a whole tiny run: hooks, caller-supplied teacher ------------------------------------------------
 class Probe(PostTrainingHook):
     """Records what it was given and reports a figure computed from it."""

@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                          "(on in default.yaml; --no-amp: float32)")
     ap.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
                     help="fine-tuning: BatchNorm layers keep their pretrained running statistics")
+    ap.add_argument("--both-ways", action=argparse.BooleanOptionalAction, default=None,
+                    help="each step also classifies the support images by the queries' prototypes (the same "
+                         "embeddings: twice the supervision for no backbone cost)")
     ap.add_argument("--resume", action="store_true", default=None, help="continue the run in --out")
     a = ap.parse_args(argv)
     cfg_path = Path(a.config) if a.config else DEFAULT_CONFIGS.get(a.dataset or "omniglot", DEFAULT_CONFIGS["omniglot"])

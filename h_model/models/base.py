@@ -80,6 +80,32 @@ class FewShotModel(nn.Module, ABC):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), query_y.reshape(-1)), logits
 
 
+    @property
+    def trains_both_ways(self) -> bool:
+        """Whether :meth:`episode_loss_both_ways` applies: the variant scores an episode by the base
+        class's path (one backbone call, then the head) rather than its own loss or adaptation."""
+        cls = type(self)
+        return cls.episode_loss is FewShotModel.episode_loss and cls.episode_logits is FewShotModel.episode_logits
+
+    def episode_loss_both_ways(self, support_x: torch.Tensor, support_y: torch.Tensor, query_x: torch.Tensor,
+                               query_y: torch.Tensor, way: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(training loss, logits of the queries): the mean of the episode's cross-entropy and that of
+        its swapped episode (the queries as the support set, the support images as its queries), both
+        from the same embeddings: one backbone call, every image a query once."""
+        if not self.trains_both_ways:
+            raise ValueError(f"{type(self).__name__} has its own episode loss, so it cannot train both ways")
+        single = support_x.dim() == 4
+        if single:
+            support_x, support_y, query_x, query_y = support_x[None], support_y[None], query_x[None], query_y[None]
+        way = int(support_y.max()) + 1 if way is None else way
+        sz, qz = self.embed_episode(support_x, query_x)
+        logits = self.head(sz, support_y, qz, way)
+        swapped = self.head(qz, query_y, sz, way)
+        loss = 0.5 * (F.cross_entropy(logits.reshape(-1, way), query_y.reshape(-1))
+                      + F.cross_entropy(swapped.reshape(-1, way), support_y.reshape(-1)))
+        return loss, logits[0] if single else logits
+
+
 class LogScaleMixin:
     """For heads whose learned inverse temperature is held as ``log_scale`` (None when not learned):
     a checkpoint from before, with the raw ``scale`` as the parameter, loads into it."""

@@ -56,6 +56,7 @@ class TrainConfig:
     train_shot: int = 5
     train_query: int = 5
     episodes_per_batch: int = 1
+    both_ways: bool = False  # also classify the support images by the queries' prototypes (same embeddings)
     val_way: int = 5
     val_shot: int = 1
     val_query: int = 15

@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, monitor: Monitor | None = None, hooks: Sequence[Post
         log.info("no %s in %s: starting from scratch", STATE, out)
     rows = read_metrics(out / "metrics.csv", state.episode) if cfg.resume else []
 
-    net: nn.Module = EpisodeLoss(model, distill)
+    net: nn.Module = EpisodeLoss(model, distill, cfg.both_ways)
     if world > 1:
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     step = TrainStep(cfg, model, net, opt, device, prep, augment, aug_gen, targets)

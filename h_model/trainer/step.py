@@ -74,25 +74,30 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 
 class EpisodeLoss(nn.Module):
-    """Wraps a model's ``episode_loss`` as ``forward`` so DistributedDataParallel can hook it.
+    """Wraps a model's ``episode_loss`` (``episode_loss_both_ways`` with ``both_ways``) as ``forward``
+    so DistributedDataParallel can hook it.
 
     With a ``distill`` loss, the backbone's output for the episode (support then query, one
     call) is captured and matched to the teacher's embeddings of the same images.
     """
 
-    def __init__(self, model: FewShotModel, distill: nn.Module | None = None) -> None:
+    def __init__(self, model: FewShotModel, distill: nn.Module | None = None, both_ways: bool = False) -> None:
         super().__init__()
+        if both_ways and not model.trains_both_ways:
+            raise ValueError(f"both_ways training needs a variant scored by its head on one backbone call; "
+                             f"{type(model).__name__} has its own episode loss")
         self.model = model
         self.distill = distill
+        self.loss_fn = model.episode_loss_both_ways if both_ways else model.episode_loss
 
     def forward(self, sx, sy, qx, qy, way: int, teacher_z: torch.Tensor | None = None):
         if self.distill is None or teacher_z is None:
-            loss, logits = self.model.episode_loss(sx, sy, qx, qy, way)
+            loss, logits = self.loss_fn(sx, sy, qx, qy, way)
             return loss, logits, None
         seen: list[torch.Tensor] = []
         hook = self.model.backbone.register_forward_hook(lambda m, i, o: seen.append(o))
         try:
-            loss, logits = self.model.episode_loss(sx, sy, qx, qy, way)
+            loss, logits = self.loss_fn(sx, sy, qx, qy, way)
         finally:
             hook.remove()
         if len(seen) != 1:

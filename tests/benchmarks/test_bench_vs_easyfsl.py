@@ -62,3 +62,21 @@ def test_curve_times_and_speedups():
     assert bench.speedup(100.0, 20.0, 1500.0) == {"value": 5.0, "lower_bound": False}
     assert bench.speedup(None, 20.0, 1500.0) == {"value": 75.0, "lower_bound": True}
     assert bench.speedup(100.0, None, 1500.0) == {"value": None, "lower_bound": False}
+
+
+def test_overrides_are_read_as_yaml_and_malformed_ones_refused():
+    assert bench.parse_overrides(["lr=0.006", "both_ways=true", "train_way=30"]) == \
+        {"lr": 0.006, "both_ways": True, "train_way": 30}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        bench.parse_overrides(["lr"])
+
+
+def test_easyfsl_curve_is_reused_from_an_earlier_report(tmp_path):
+    import json
+
+    c = bench.Curve()
+    c.add(5.0, 7, {"5w1s": 0.7, "20w1s": 0.45})
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"easyfsl_budget_s": 180.0, "curves": {"easyfsl": c.__dict__}}))
+    curve, budget = bench.reused_easyfsl(path)
+    assert budget == 180.0 and curve.seconds == [5.0] and curve.acc == {"5w1s": [0.7], "20w1s": [0.45]}
