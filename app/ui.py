@@ -3,13 +3,17 @@
 Every button is also an API endpoint (``api_name``), callable with ``gradio_client``. Bad input
 raises :class:`gr.Error`: the person sees the message in the page, a client gets it as an error,
 and the app keeps serving. Gradio shows such messages as HTML and Markdown outputs as Markdown, so
-every user-supplied string in them is escaped here or in :mod:`app.face_demo`; captions, dropdown
-choices and JSON outputs are shown as text by Gradio and carry names as they are.
+every user-supplied string in them is escaped here or in :mod:`app.face_demo`, as in the top matches'
+HTML (:func:`matches_html`); captions, dropdown choices and JSON outputs are shown as text by Gradio
+and carry names as they are.
 """
 from __future__ import annotations
 
 import atexit
+import base64
 import functools
+import html
+import io
 import os
 import shutil
 import tempfile
@@ -29,6 +33,39 @@ from .fewshot_demo import MAX_WAY, FewShotDemo, sketch_to_image
 from .uploads import KINDS, InputError, escape_markdown, escape_text, zip_people
 
 TITLE = "H-network face gallery"
+
+
+MATCHES_CSS = (".h-matches{display:flex;flex-wrap:wrap;gap:8px}"  # Gradio scopes it to the component
+               "figure{margin:0;width:112px;text-align:center;font-size:0.85em}"
+               "img{width:112px;height:112px;object-fit:cover;border-radius:4px}")
+
+
+def data_url(img: Path | Image.Image) -> str:
+    """A JPEG file (sent as it is) or an image (encoded as JPEG) -> a ``data:`` URL."""
+    if isinstance(img, Image.Image):
+        buf = io.BytesIO()
+        img.convert("RGB").save(buf, format="JPEG", quality=90)
+        raw = buf.getvalue()
+    else:
+        raw = Path(img).read_bytes()
+    return "data:image/jpeg;base64," + base64.b64encode(raw).decode("ascii")
+
+
+def html_text(text: str) -> str:
+    """Text -> HTML that shows exactly it; template characters (``$ { }``) become entities too, so no
+    templating of the fragment can act on a user's string."""
+    return html.escape(text).replace("$", "&#36;").replace("{", "&#123;").replace("}", "&#125;")
+
+
+def matches_html(items: list[tuple[Path | Image.Image, str]]) -> str:
+    """Top matches as one HTML fragment with the thumbnails inline and the captions escaped.
+
+    Inline images put the whole answer in the reply: a ``gradio_client`` caller downloads no file
+    per match (each download is one more HTTPS connection), and the page shows the same thumbnails.
+    """
+    figures = "".join(f'<figure><img src="{data_url(img)}" alt="{html_text(cap)}">'
+                      f"<figcaption>{html_text(cap)}</figcaption></figure>" for img, cap in items)
+    return f'<div class="h-matches">{figures}</div>'
 
 
 class PhotoInput(gr.Image):
@@ -159,7 +196,7 @@ def build_ui(faces: FaceDemo, fewshot: FewShotDemo) -> gr.Blocks:
             who = "**unknown**" if f["unknown"] else f"**{escape_markdown(f['name'])}**"
             t = "none" if result["threshold"] is None else f"{result['threshold']:.3f}"
             rows.append(f"Face {f['face']}: {who}, score {f['score']:.3f} (threshold {t})")
-        return files(boxed, "jpeg"), "  \n".join(rows), files.gallery(thumbs), result
+        return files(boxed, "jpeg"), "  \n".join(rows), matches_html(thumbs), result
 
     @shown
     def verify(a: str | None, b: str | None) -> tuple[str, Any, dict[str, Any]]:
@@ -225,8 +262,8 @@ def build_ui(faces: FaceDemo, fewshot: FewShotDemo) -> gr.Blocks:
                 with gr.Column():
                     boxed = gr.Image(label="Faces", type="pil", format="jpeg", elem_id="identify-boxed")
                     id_summary = gr.Markdown(elem_id="identify-summary")
-            matches = gr.Gallery(fit_columns=False, label="Top matches", columns=6, height="auto", allow_preview=False,
-                                 elem_id="identify-matches")
+            gr.Markdown("Top matches")
+            matches = gr.HTML(elem_id="identify-matches", css_template=MATCHES_CSS, js_on_load=None)
             id_json = gr.JSON(label="Result", elem_id="identify-json")
 
         with gr.Tab("Verify", id="verify"):

@@ -192,12 +192,13 @@ def main() -> int:
     result["target_p50_ms"] = 300
     result["notes"] = {
         "identify_in_process": "FaceDemo.identify: decode, detection (the model's detector), alignment, embedding, FAISS + head",
-        "identify_http": "upload, queue, the same work, the answer, and downloading the boxed photo and 3 thumbnails",
-        "identify_http_json_only": "as identify_http without downloading the output images",
+        "identify_http": "upload, queue, the same work, the answer (the 3 match thumbnails inline in its HTML), "
+                         "and downloading the boxed photo",
+        "identify_http_json_only": "as identify_http without downloading the boxed photo",
         "identify_http_reused_ssl": "as identify_http, the client given one SSL context for all its requests "
                                     "(Client(url, ssl_verify=ssl.create_default_context())), certificate checks on",
         "httpx_client_setup": "constructing one httpx.Client (mostly its SSL context), a client-side cost that "
-                              "gradio_client pays for the upload and again for each output file it downloads",
+                              "gradio_client pays for the upload and again for the output file it downloads",
         "identify_api": "POST /api/v1/identify with the photo's bytes: one round trip, JSON answer, no images back",
         "load_20_concurrent": "20 requests at once against --concurrency 2: latency includes waiting in the queue",
         "load_20_concurrent_api": "as load_20_concurrent, through the JSON API"}

@@ -1,6 +1,7 @@
 """The demo's logic without a server: upload checks, zip reading, sketches, model choice, FaceDemo."""
 from __future__ import annotations
 
+import base64
 import io
 import zipfile
 from pathlib import Path
@@ -12,6 +13,7 @@ from PIL import Image
 from app.app import parse_auth
 from app.face_demo import FaceDemo, resolve_face_model
 from app.fewshot_demo import sketch_to_image
+from app.ui import matches_html
 from app.uploads import InputError, check_name, check_upload, decode_image, escape_markdown, read_bytes, zip_people
 from h_model.faces import FaceVerifier, NoModelError
 from tests.app.app_helpers import photos
@@ -83,6 +85,17 @@ def test_check_upload_refuses_before_reading(tmp_path: Path) -> None:
 def test_escape_markdown() -> None:
     assert escape_markdown("Ada") == "Ada"
     assert escape_markdown("<b>*x*</b> [a](b) & _y_") == r"&lt;b&gt;\*x\*&lt;/b&gt; \[a\]\(b\) &amp; \_y\_"
+
+
+def test_matches_html(tmp_path: Path) -> None:
+    jpeg = tmp_path / "t.jpg"
+    Image.new("RGB", (4, 4), (200, 10, 10)).save(jpeg, format="JPEG")
+    out = matches_html([(jpeg, "<b>Al</b> ${x} {{y}} 0.91"), (Image.new("L", (3, 3)), "Bo & Co 0.50")])
+    assert out.count("<figure>") == 2 and out.count('<img src="data:image/jpeg;base64,') == 2
+    assert base64.b64encode(jpeg.read_bytes()).decode() in out  # the stored file, sent as it is
+    assert "<figcaption>&lt;b&gt;Al&lt;/b&gt; &#36;&#123;x&#125; &#123;&#123;y&#125;&#125; 0.91</figcaption>" in out
+    assert "<figcaption>Bo &amp; Co 0.50</figcaption>" in out and "<b>" not in out and "${" not in out
+    assert matches_html([]) == '<div class="h-matches"></div>'
 
 
 def test_zip_people(tmp_path: Path) -> None:
