@@ -11,7 +11,9 @@ seed. Every candidate in ``CANDIDATES`` is scored by its mean error over all of 
 ``--val-episodes`` episodes of the validation classes is chosen, then measured on ``--eval-seeds`` files of runs from
 ``images_evaluation`` (seed 0 is ``python -m h_model.lake make``'s default file), and on 1000
 5-way and 20-way 1-shot test episodes beside no options. With ``--write`` the choice becomes the
-checkpoint's ``"test_time"`` config entry, unless it lowers either test-episode figure. The run files go to ``--runs-dir`` (outside the repo).
+checkpoint's ``"test_time"`` config entry, unless it lowers either test-episode figure. Shifts are
+listed in pixels of a 28-pixel input and scaled to the checkpoint's input size; options the
+model's head refuses (transductive steps without a Prototypical head) are recorded and skipped. The run files go to ``--runs-dir`` (outside the repo).
 """
 from __future__ import annotations
 
@@ -34,6 +36,13 @@ CANDIDATES = [{}] + _TTA + _NORM + _TRANS \
     + [{**a, **b} for a in (_TTA[1], _TTA[4], _TTA[8], _TTA[10]) for b in (_TRANS[4], _TRANS[5], _TRANS[7])]
 
 
+def scaled_to(candidate: dict, size: int) -> dict:
+    """``candidate`` with its shifts (pixels of a 28-pixel input) scaled to a ``size``-pixel input."""
+    if "shift" not in candidate or size == 28:
+        return candidate
+    return {**candidate, "shift": [round(s * size / 28, 2) for s in candidate["shift"]]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
@@ -44,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--episodes", type=int, default=1000, help="test episodes per setting")
     ap.add_argument("--val-episodes", type=int, default=500, help="validation episodes per setting")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "lake.json"))
     ap.add_argument("--write", action="store_true", help="store the choice in the checkpoint's config.json")
     a = ap.parse_args(argv)
@@ -55,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     from h_model.data.omniglot import find_omniglot
     from h_model.evaluate import evaluate
     from h_model.lake import BPL_ERROR, HUMAN_ERROR, evaluate_lake_runs, make_lake_runs, make_validation_runs, read_lake_runs
-    from h_model.learner import Learner
+    from h_model.learner import Learner, pick_device
     from h_model.runtime import cpu_description
     from h_model.test_time import TestTime
 
     torch.set_num_threads(a.threads)
-    learner = Learner.load(a.checkpoint, "cpu")
+    device = pick_device(a.device)
+    learner = Learner.load(a.checkpoint, device)
     runs_dir = Path(a.runs_dir)
     bg, ev = (find_omniglot(a.data_root, s, download=False) for s in ("background", "evaluation"))
     val = [r for s in a.val_seeds for r in read_lake_runs(make_validation_runs(bg, runs_dir / f"val_seed{s}.zip", seed=s))]
@@ -71,12 +82,20 @@ def main(argv: list[str] | None = None) -> int:
         return evaluate_lake_runs(learner, runs)["mean_error"]
 
     out: dict = {"checkpoint": str(a.checkpoint), "cpu": cpu_description(), "threads": a.threads,
+                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                  "validation_runs": len(val), "validation_seeds": a.val_seeds, "evaluation_runs": len(test),
                  "evaluation_seeds": a.eval_seeds, "human_error": HUMAN_ERROR, "bpl_error": BPL_ERROR,
                  "validation": []}
+    size = learner.preprocess.size[0]
     for c in CANDIDATES:
+        c = scaled_to(c, size)
         t0 = time.perf_counter()
-        err = lake(TestTime.from_dict(c), val)
+        try:
+            err = lake(TestTime.from_dict(c), val)
+        except ValueError as e:  # an option the model's head refuses (transductive steps, not a Prototypical head)
+            out.setdefault("refused", []).append({"test_time": c, "reason": str(e)})
+            print(f"refused {c}: {e}", flush=True)
+            continue
         out["validation"].append({"test_time": c, "mean_error": err})
         print(f"validation {err:5.2f} %  {c}  ({time.perf_counter() - t0:.0f} s)", flush=True)
     cfg = json.loads((Path(a.checkpoint) / "config.json").read_text())
@@ -86,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     _, val_set, test_set = load_splits(data.pop("name"), **data)
 
     def episodes(tt: TestTime, data_set, n: int, seed: int) -> dict:
-        return {f"{w}w1s": evaluate(learner.model, data_set, w, 1, episodes=n, seed=seed, test_time=tt) for w in (5, 20)}
+        return {f"{w}w1s": evaluate(learner.model, data_set, w, 1, episodes=n, seed=seed, device=device, test_time=tt)
+                for w in (5, 20)}
 
     # the lowest validation-run error (first of equals: the simpler) that keeps the validation
     # classes' 5-way and 20-way 1-shot episode accuracy at least that of no options
@@ -114,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     out["episodes"] = {}
     for name, tt in (("none", TestTime()), ("chosen", chosen)):
         for way in (5, 20):
-            r = evaluate(learner.model, test_set, way, 1, episodes=a.episodes, test_time=tt)
+            r = evaluate(learner.model, test_set, way, 1, episodes=a.episodes, device=device, test_time=tt)
             out["episodes"][f"{name}_{way}w1s"] = r
             print(f"{name}: {way}-way 1-shot {100 * r['accuracy']:.2f} +- {100 * r['ci95']:.2f} %", flush=True)
     worse = [k for k in ("5w1s", "20w1s") if out["episodes"][f"chosen_{k}"]["accuracy"]
