@@ -2,7 +2,7 @@
 """Test-time options of a checkpoint chosen on within-alphabet runs of validation characters,
 then measured once on runs of the evaluation alphabets (Lake et al. 2015's protocol).
 
-    python benchmarks/tune_lake.py h_model/bundled/omniglot_proto_conv4 [--val-seeds 0 1 2 3 4] [--write]
+    python benchmarks/tune_lake.py h_model/bundled/omniglot_proto_resnet12 [--val-seeds 0 1 2 3 4] [--write]
 
 Validation runs: ``python -m h_model.lake make --validation`` (the 64 background characters the
 trainer holds out, with their rotations as classes), one file of 20 runs per ``--val-seeds``

@@ -62,6 +62,14 @@ def save_checkpoint(run_dir: str | Path, model: FewShotModel, config: dict[str, 
     return run_dir / weights_name
 
 
+def store_float16(weights: str | Path) -> None:
+    """Rewrite a weights file with its floating-point tensors in half precision (half the size;
+    they load back into float32 modules)."""
+    weights = Path(weights)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+
+
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     """(weights file, config file) from a run directory or a weights file."""
     path = Path(path).expanduser()

@@ -33,7 +33,7 @@ def bundled_files() -> list[str]:
 def test_package_data_covers_every_bundled_file() -> None:
     patterns = package_data_patterns()
     data = [f for f in bundled_files() if not f.endswith(".py")]
-    assert {"omniglot_proto_conv4/model.safetensors", "omniglot_proto_conv4/config.json"} <= set(data)
+    assert {"omniglot_proto_resnet12/model.safetensors", "omniglot_proto_resnet12/config.json"} <= set(data)
     left_out = [f for f in data if not any(shipped(f, p) for p in patterns)]
     assert left_out == [], f"add patterns for these to [tool.setuptools.package-data]: {left_out}"
 
@@ -41,6 +41,6 @@ def test_package_data_covers_every_bundled_file() -> None:
 def test_a_pattern_that_misses_a_file_is_noticed() -> None:
     """The check itself: a bundle member no pattern names is reported."""
     patterns = package_data_patterns()
-    assert not any(shipped("omniglot_proto_conv4/weights.unlisted-suffix", p) for p in patterns)
+    assert not any(shipped("omniglot_proto_resnet12/weights.unlisted-suffix", p) for p in patterns)
     assert not any(shipped("faces_default/extra/config.json", p) for p in patterns)  # one level only
     assert any(shipped("faces_default/LICENSE", p) for p in patterns)

@@ -58,8 +58,8 @@ def test_old_validation_names_map_to_the_new_ones() -> None:
     assert (d["val_way"], d["val_shot"], d["val_query"]) == (7, 2, 3) and "test_way" not in d
     assert TrainConfig.from_dict(d) == old  # the new names round-trip
     assert TrainConfig().val_way == 5 and TrainConfig().val_query == 15
-    # a checkpoint written before the rename: its "train" entry has test_way / test_shot / test_query
-    bundled = json.loads((REPO / "h_model/bundled/omniglot_proto_conv4/config.json").read_text())["train"]
+    # a checkpoint written before the rename (the earlier bundled Omniglot model's "train" entry)
+    bundled = json.loads((REPO / "tests/fixtures/train_config_old_names.json").read_text())
     assert "test_way" in bundled
     cfg = TrainConfig.from_dict(bundled)
     assert (cfg.val_way, cfg.val_shot, cfg.val_query) == (bundled["test_way"], bundled["test_shot"],

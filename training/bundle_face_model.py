@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from h_model.checkpoint import load_checkpoint, write_json
+    from h_model.checkpoint import load_checkpoint, store_float16, write_json
     from h_model.data import load_splits
     from h_model.evaluate import embed_all, evaluate, parse_setting
     from h_model.faces.calibrate import calibrate_checkpoint
@@ -96,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg["source"]["stored_as"] = "float16"
     write_json(dst / "config.json", cfg)
     if a.float16:
-        from safetensors.torch import load_file, save_file
-
-        state = {k: v.half() if v.is_floating_point() else v for k, v in load_file(str(dst / "model.safetensors")).items()}
-        save_file(state, str(dst / "model.safetensors"), metadata={"format": cfg["format"]})
+        store_float16(dst / "model.safetensors")
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     d = cfg["data"]

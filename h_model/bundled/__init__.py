@@ -1,7 +1,7 @@
 """Checkpoints small enough to ship inside the package, so the demo and the verifier work offline.
 
-``bundled_path("omniglot")`` is the Prototypical Conv-4 trained on Omniglot; ``bundled_path("faces")``
-is the default face model. Each folder is an ordinary checkpoint (``model.safetensors`` +
+``bundled_path("omniglot")`` is the Prototypical ResNet-12 trained on Omniglot at 56x56;
+``bundled_path("faces")`` is the default face model. Each folder is an ordinary checkpoint (``model.safetensors`` +
 ``config.json``, with the training run's ``results.json`` beside them).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BUNDLED = {"omniglot": HERE / "omniglot_proto_conv4", "faces": HERE / "faces_default"}
+BUNDLED = {"omniglot": HERE / "omniglot_proto_resnet12", "faces": HERE / "faces_default"}
 
 
 def bundled_path(name: str) -> Path:
