@@ -20,6 +20,13 @@ shuffled ids); here it holds exactly, by construction:
 
 There is no positional encoding, so the order of the support set cannot matter; permuting the
 label ids permutes the logits; any way and shot work at test time.
+
+``start="nearest_mean"`` (the default) initialises the value paths so the untrained network is
+close to a nearest-mean classifier: attention values, attention outputs and the two read-outs
+start as the identity and each MLP's last layer at zero, so a class token starts as (a constant
+plus) the mean of its normalised support tokens and a query's logit as the dot product with it.
+Every weight stays trainable; only the starting point differs. ``start="random"`` is PyTorch's
+default initialisation.
 """
 from __future__ import annotations
 
@@ -83,7 +90,7 @@ class InContextNet(FewShotModel):
     """Backbone embeddings -> class, support and query tokens -> Transformer -> query-class logits."""
 
     def __init__(self, backbone: nn.Module, dim: int | None = None, width: int = 128, depth: int = 2,
-                 heads: int = 4, mlp: int = 256, dropout: float = 0.0) -> None:
+                 heads: int = 4, mlp: int = 256, dropout: float = 0.0, start: str = "nearest_mean") -> None:
         super().__init__(backbone)
         if dim is None:
             raise ValueError("InContextNet needs the backbone's embedding dimension `dim` "
@@ -97,6 +104,26 @@ class InContextNet(FewShotModel):
         self.blocks = nn.ModuleList(Block(width, heads, mlp, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.read_query, self.read_class = nn.Linear(width, width), nn.Linear(width, width)
+        if start == "nearest_mean":
+            self.start_near_nearest_mean()
+        elif start != "random":
+            raise ValueError(f"start must be 'nearest_mean' or 'random', not {start!r}")
+
+    @torch.no_grad()
+    def start_near_nearest_mean(self) -> None:
+        """Identity value, output and read-out maps, zero MLP outputs (see the module docstring)."""
+        width = self.norm.normalized_shape[0]
+        eye = torch.eye(width)
+        for block in self.blocks:
+            block.attn.kv.weight[width:].copy_(eye)
+            block.attn.kv.bias[width:].zero_()
+            block.attn.out.weight.copy_(eye)
+            block.attn.out.bias.zero_()
+            block.mlp[-1].weight.zero_()
+            block.mlp[-1].bias.zero_()
+        for read in (self.read_query, self.read_class):
+            read.weight.copy_(eye)
+            read.bias.zero_()
 
     @staticmethod
     def structure(support_y: torch.Tensor, way: int, queries: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,5 +159,5 @@ class InContextNet(FewShotModel):
 
 @MODELS.register("transformer")
 def transformer(backbone: nn.Module, dim: int | None = None, width: int = 128, depth: int = 2, heads: int = 4,
-                mlp: int = 256, dropout: float = 0.0) -> InContextNet:
-    return InContextNet(backbone, dim, width, depth, heads, mlp, dropout)
+                mlp: int = 256, dropout: float = 0.0, start: str = "nearest_mean") -> InContextNet:
+    return InContextNet(backbone, dim, width, depth, heads, mlp, dropout, start)

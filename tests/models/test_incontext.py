@@ -82,6 +82,29 @@ def test_a_query_is_scored_independently_of_the_other_queries():
     assert torch.allclose(reversed_q, all_q.flip(1), atol=1e-5)
 
 
+def clustered_episode(way: int, shot: int, query: int, dim: int = 64, noise: float = 0.7, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(1, way, dim, generator=g)
+    sz = centers.repeat_interleave(shot, 1) + noise * torch.randn(1, way * shot, dim, generator=g)
+    qz = centers.repeat_interleave(query, 1) + noise * torch.randn(1, way * query, dim, generator=g)
+    return sz, torch.arange(way).repeat_interleave(shot)[None], qz, torch.arange(way).repeat_interleave(query)
+
+
+@pytest.mark.parametrize("start,low,high", [("nearest_mean", 0.9, 1.0), ("random", 0.0, 0.2)])
+def test_untrained_nearest_mean_start_already_classifies_clustered_embeddings(start, low, high):
+    torch.manual_seed(0)
+    model = create_model("transformer", "conv4", dim=64, width=128, depth=2, heads=4, mlp=256, start=start).eval()
+    sz, sy, qz, qy = clustered_episode(20, 1, 5)
+    with torch.no_grad():
+        acc = (model.head(sz, sy, qz, 20)[0].argmax(-1) == qy).float().mean().item()
+    assert low <= acc <= high  # 20 classes: chance is 0.05
+
+
+def test_unknown_start_is_refused():
+    with pytest.raises(ValueError, match="start must be"):
+        create_model("transformer", "conv4", dim=64, width=32, heads=4, start="zeros")
+
+
 def test_structure_lets_class_tokens_see_only_their_own_examples():
     sy = torch.tensor([[1, 0, 1]])
     same, blocked = create_model("transformer", "conv4", dim=4, width=4, heads=1).structure(sy, 2, 1)
