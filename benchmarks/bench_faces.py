@@ -188,9 +188,22 @@ def pair_scores(z: np.ndarray, pl: PairList, members: dict[str, list[int]]) -> n
 
 
 def verification(z: np.ndarray, pl: PairList, members: dict[str, list[int]]) -> dict[str, Any]:
-    m = pair_metrics(pair_scores(z, pl, members), pl.same(), pl.fold_of())
+    scores, same = pair_scores(z, pl, members), pl.same()
+    m = pair_metrics(scores, same, pl.fold_of())
     return {"pairs": len(pl.pairs), "per_fold": pl.per_fold, "folds": pl.folds,
-            "identities": len({p.name1 for p in pl.pairs} | {p.name2 for p in pl.pairs}), **m}
+            "identities": len({p.name1 for p in pl.pairs} | {p.name2 for p in pl.pairs}), **m,
+            **at_far_1e3(pl, scores, same, m["tar_at_far"]["0.001"]["threshold"])}
+
+
+def at_far_1e3(pl: PairList, scores: np.ndarray, same: np.ndarray, threshold: float) -> dict[str, Any]:
+    """What sets TAR at FAR 1e-3 on a pair list: its highest-scoring impostor pairs (with 1,500
+    impostors the threshold sits just above the second), and per set the genuine pairs under it."""
+    hardest = [i for i in np.argsort(-scores) if not same[i]][:3]
+    missed: dict[str, int] = {}
+    for i in np.flatnonzero(same & (scores < threshold)):
+        missed[pl.pairs[i].name1.split("/")[0]] = missed.get(pl.pairs[i].name1.split("/")[0], 0) + 1
+    return {"hardest_impostors": [{"pair": pl.pairs[i].line(), "score": round(float(scores[i]), 4)} for i in hardest],
+            "genuine_under_tar_1e-3_threshold": dict(sorted(missed.items(), key=lambda kv: -kv[1]))}
 
 
 # -- identification ------------------------------------------------------------------------------
@@ -373,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"aligned crops of {root} ({settings}) ...", flush=True)
             _, v, t = faces_splits(root, image_size=int(settings["crop_size"]), margin=float(settings["margin"]),
                                    seed=a.seed, alignment=settings.get("alignment", "eyes"),
-                                   detector=settings.get("detector", "mtcnn"))
+                                   detector=settings.get("detector", "mtcnn"), yunet_sure=settings.get("yunet_sure"))
             if crops:
                 v0, t0 = next(iter(crops.values()))
                 if v.sources != v0.sources or t.sources != t0.sources:

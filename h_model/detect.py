@@ -175,7 +175,10 @@ class FaceDetector:
 
     ``detector="yunet"``: YuNet (``yunet_model``, default the bundled :data:`YUNET_FILE`;
     ``yunet_score`` is its confidence threshold); with ``fallback`` the photos it finds no face in
-    (after the padded retry) go to MTCNN, loaded on first use. Passing ``yunet_model`` alone
+    (after the padded retry) go to MTCNN, loaded on first use, and so, when ``yunet_sure`` is set,
+    do the photos in which it finds any face it scores under ``yunet_sure`` (where MTCNN finds
+    nothing, YuNet's faces stay). YuNet's unsure detections are where it errs: a hand taken for a
+    face, landmarks scattered by hard light. Passing ``yunet_model`` alone
     selects YuNet. ``thresholds`` and ``min_face_size`` shape MTCNN.
     """
 
@@ -183,7 +186,7 @@ class FaceDetector:
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_side: int = 1280, pad_retry: float = 0.25,
                  min_prob: float = 0.0, alignment: str = "eyes", detector: str | None = None,
                  yunet_model: str | Path | None = None, yunet_score: float = 0.6, fallback: bool = True,
-                 device: str | torch.device = "cpu") -> None:
+                 yunet_sure: float | None = None, device: str | torch.device = "cpu") -> None:
         if crop_size < 8 or margin < 0 or max_side < 32:
             raise ValueError("need crop_size >= 8, margin >= 0 and max_side >= 32")
         if alignment not in ALIGNMENTS:
@@ -193,10 +196,13 @@ class FaceDetector:
             raise ValueError(f"detector must be one of {DETECTORS}, got {detector!r}")
         if detector == "mtcnn" and yunet_model is not None:
             raise ValueError("yunet_model is given but detector='mtcnn'")
+        if yunet_sure is not None and not (math.isfinite(yunet_sure) and 0 <= yunet_sure <= 1):
+            raise ValueError(f"yunet_sure must be a score in [0, 1] or None, got {yunet_sure}")
         self.alignment, self.detector = alignment, detector
         self.crop_size, self.margin, self.max_side = int(crop_size), float(margin), int(max_side)
         self.pad_retry, self.min_prob, self.min_face_size = float(pad_retry), float(min_prob), int(min_face_size)
         self.fallback = bool(fallback) and detector == "yunet"
+        self.yunet_sure = None if yunet_sure is None else float(yunet_sure)
         self._thresholds, self._device = list(thresholds), torch.device(device)
         self._mtcnn: Any = None
         self.yunet: Any = None
@@ -225,13 +231,16 @@ class FaceDetector:
 
     @property
     def settings(self) -> dict[str, Any]:
-        """What shapes the crops (part of a face model's identity). ``alignment`` is named only when it
-        is not ``"eyes"``, so models and galleries made before it existed keep their fingerprints."""
+        """What shapes the crops. ``alignment`` is named only when it is not ``"eyes"``, and
+        ``yunet_sure`` only when set, so models and galleries made before they existed keep their
+        fingerprints."""
         out: dict[str, Any] = {"crop_size": self.crop_size, "margin": self.margin}
         if self.alignment != "eyes":
             out["alignment"] = self.alignment
         if self.yunet is not None:
             out["detector"] = "yunet"
+            if self.yunet_sure is not None:
+                out["yunet_sure"] = self.yunet_sure
         return out
 
     def detect(self, image: ImageInput) -> list[Face]:
@@ -262,6 +271,10 @@ class FaceDetector:
                 raise ImageDecodeError(f"image #{i}: {e}") from e
         small, scales = zip(*(self._downscale(im) for im in rgb)) if rgb else ((), ())
         found = self._find(list(small), self.detector)
+        if self.fallback and self.yunet is not None and self.yunet_sure is not None:
+            unsure = [i for i, f in enumerate(found) if f is not None and float(f[1].min()) < self.yunet_sure]
+            for i, res in zip(unsure, self._find([small[i] for i in unsure], "mtcnn")):
+                found[i] = res if res is not None else found[i]
         if self.fallback:
             missing = [i for i, f in enumerate(found) if f is None]
             for i, res in zip(missing, self._find([small[i] for i in missing], "mtcnn")):

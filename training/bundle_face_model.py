@@ -10,7 +10,8 @@ points at the photos again, then measures the few-shot figures (5w1s, 5w5s, 20w1
 identities, 1000 episodes each) and recalibrates the verification threshold (FAR 1e-3 on
 validation pairs, 10-fold report on test pairs) on crops aligned here from the original photos,
 with the checkpoint's own alignment (``data.alignment``: "eyes" or "five_point") and detector
-(``data.detector``: "mtcnn" or "yunet"; ``--detector`` sets it).
+(``data.detector``: "mtcnn" or "yunet"; ``--detector`` sets it; ``--yunet-sure`` sends photos with a
+YuNet face scored under it to MTCNN, as chosen by ``benchmarks/compare_yunet_sure.py``).
 ``--float16`` stores the weights in half precision (they load back into float32 modules).
 A run trained from a pack (WebP crops) thus gets figures and a threshold for the crops it will
 see in use. ``--flip-embed`` turns on the test-time flip (see ``FewShotModel.flip_embed``) before
@@ -54,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="embed each crop as the mean of it and its mirror image (test-time flip; twice the cost)")
     ap.add_argument("--detector", choices=("mtcnn", "yunet"), default=None,
                     help="the face detector the model is used with (stored in its config; default: the run's)")
+    ap.add_argument("--yunet-sure", type=float, default=None,
+                    help="photos with a YuNet face scored under this go to MTCNN (stored in its config; default: the run's)")
     a = ap.parse_args(argv)
 
     import torch
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.detector:
         cfg["data"]["detector"] = a.detector
         cfg.setdefault("face", {})["detector"] = a.detector
+    if a.yunet_sure is not None:
+        cfg["data"]["yunet_sure"] = a.yunet_sure
+        cfg.setdefault("face", {})["yunet_sure"] = a.yunet_sure
     if a.float16 and "source" in cfg:
         cfg["source"]["stored_as"] = "float16"
     write_json(dst / "config.json", cfg)
@@ -102,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     d = cfg["data"]
     alignment = d.get("alignment", "eyes")
     _, val, test = load_splits("faces", data_root=a.data_root, image_size=d["image_size"], seed=d["seed"],
-                               margin=d["margin"], alignment=alignment, detector=d.get("detector", "mtcnn"))
+                               margin=d["margin"], alignment=alignment, detector=d.get("detector", "mtcnn"),
+                               yunet_sure=d.get("yunet_sure"))
     prep = Preprocess.from_dict(cfg["preprocess"])
     val.preprocess = test.preprocess = prep  # the checkpoint's own normalisation
     model, _ = load_checkpoint(dst / "model.safetensors", "cpu")

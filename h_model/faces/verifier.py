@@ -4,12 +4,12 @@ A face checkpoint is an ordinary h_model checkpoint directory (RGB ``preprocess`
 whose ``config.json`` may carry a ``"face"`` entry::
 
     "face": {"threshold": 0.62, "far": 0.001, "crop_size": 160, "margin": 0.2, "alignment": "eyes",
-             "detector": "mtcnn"}
+             "detector": "mtcnn"}                      # or "detector": "yunet", "yunet_sure": 0.9
 
 ``threshold``/``far`` come from :func:`calibrate_threshold` + :func:`save_threshold` on
-validation pairs; ``crop_size``/``margin``/``alignment``/``detector`` say how the training crops
-were detected and aligned (defaults: the preprocess size, 0.2, ``"eyes"`` and ``"mtcnn"``; see
-:mod:`h_model.detect`), so verification crops faces exactly as training did.
+validation pairs; ``crop_size``/``margin``/``alignment``/``detector``/``yunet_sure`` say how the
+training crops were detected and aligned (defaults: the preprocess size, 0.2, ``"eyes"``,
+``"mtcnn"`` and none; see :mod:`h_model.detect`), so verification crops faces exactly as training did.
 """
 from __future__ import annotations
 
@@ -79,8 +79,14 @@ def bundled_face_model(hint: str) -> Path:
         raise NoModelError(f"{e}; {hint}") from e
 
 
+#: Detector settings that choose which face is embedded but not how a face becomes an embedding:
+#: left out of the model fingerprint, so changing them keeps a gallery's embeddings usable.
+FACE_CHOICE_SETTINGS = ("yunet_sure",)
+
+
 def model_fingerprint(checkpoint: str | Path, detector_settings: dict[str, Any]) -> str:
-    """Identity of what produces an embedding: weights bytes, preprocess and crop alignment."""
+    """Identity of what produces an embedding: weights bytes, preprocess and crop alignment (not
+    :data:`FACE_CHOICE_SETTINGS`)."""
     weights, cfg_path = resolve_checkpoint(checkpoint)
     h = hashlib.sha256()
     with open(weights, "rb") as f:
@@ -88,14 +94,15 @@ def model_fingerprint(checkpoint: str | Path, detector_settings: dict[str, Any])
             h.update(chunk)
     config = json.loads(cfg_path.read_text())
     h.update(json.dumps({"preprocess": config.get("preprocess"), "model": config.get("model"),
-                         "align": detector_settings}, sort_keys=True).encode())
+                         "align": {k: v for k, v in detector_settings.items() if k not in FACE_CHOICE_SETTINGS}},
+                        sort_keys=True).encode())
     return "sha256:" + h.hexdigest()[:24]
 
 
 def align_settings(learner: Learner) -> dict[str, Any]:
-    """Crop size, margin, alignment and detector the checkpoint was made for (config "face"), else its
-    input size, 0.2, "eyes" and "mtcnn" (the last two named only when they differ, as
-    :attr:`FaceDetector.settings`)."""
+    """Crop size, margin, alignment, detector and ``yunet_sure`` the checkpoint was made for (config
+    "face"), else its input size, 0.2, "eyes", "mtcnn" and none (the last three named only when they
+    differ, as :attr:`FaceDetector.settings`)."""
     face = dict(learner.config.get("face") or {})
     out: dict[str, Any] = {"crop_size": int(face.get("crop_size") or max(learner.preprocess.size)),
                            "margin": float(face.get("margin", DEFAULT_MARGIN))}
@@ -103,6 +110,8 @@ def align_settings(learner: Learner) -> dict[str, Any]:
         out["alignment"] = str(face["alignment"])
     if face.get("detector", "mtcnn") != "mtcnn":
         out["detector"] = str(face["detector"])
+        if face.get("yunet_sure") is not None:
+            out["yunet_sure"] = float(face["yunet_sure"])
     return out
 
 

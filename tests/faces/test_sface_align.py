@@ -131,6 +131,62 @@ def test_yunet_misses_go_to_mtcnn_unless_fallback_is_off(face_photo) -> None:
     assert off._mtcnn is None
 
 
+def test_yunet_sure_hands_an_unsure_photo_to_mtcnn(faces_root) -> None:
+    """A skater far from the camera: YuNet's only face (score about 0.63) is her raised hand and
+    skate; with yunet_sure=0.9 the photo goes to MTCNN, which finds her face."""
+    from h_model.faces import FaceDetector
+
+    path = faces_root / "celeba_subset" / "07397" / "186925.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    low = FaceDetector(crop_size=112, alignment="five_point", detector="yunet").detect(path)
+    sure = FaceDetector(crop_size=112, alignment="five_point", detector="yunet", yunet_sure=0.9).detect(path)
+    assert len(low) == 1 and 0.6 <= low[0].prob < 0.9
+    assert np.allclose(low[0].box, [69, 46, 90, 72], atol=3)          # the hand and skate, not a face
+    assert sure[0].prob > 0.9 and np.allclose(sure[0].box, [110, 94, 130, 121], atol=3)  # the face, by MTCNN
+    mtcnn = FaceDetector(crop_size=112, alignment="five_point").detect(path)
+    assert len(sure) == len(mtcnn) and np.allclose(sure[0].box, mtcnn[0].box)
+    off = FaceDetector(crop_size=112, alignment="five_point", detector="yunet", yunet_sure=0.9, fallback=False)
+    assert np.allclose(off.detect(path)[0].box, low[0].box) and off._mtcnn is None  # no fallback: YuNet alone
+
+
+def test_yunet_sure_keeps_every_face_of_a_photo_it_hands_on(face_photo) -> None:
+    """Two faces side by side: whatever YuNet's scores, the photo keeps two faces (MTCNN's or YuNet's)."""
+    from h_model.faces import FaceDetector
+
+    one = Image.open(face_photo).convert("RGB")
+    pair = Image.new("RGB", (2 * one.size[0], one.size[1]))
+    pair.paste(one, (0, 0))
+    pair.paste(one.transpose(Image.FLIP_LEFT_RIGHT), (one.size[0], 0))
+    for sure in (None, 0.9, 1.0):
+        faces = FaceDetector(crop_size=112, alignment="five_point", detector="yunet", yunet_sure=sure).detect(pair)
+        assert len(faces) == 2, sure
+    assert FaceDetector(crop_size=112, alignment="five_point", detector="yunet", yunet_sure=1.0).detect(pair)[0].prob \
+        == pytest.approx(FaceDetector(crop_size=112, alignment="five_point").detect(pair)[0].prob)  # MTCNN's
+
+
+def test_yunet_sure_is_a_crop_setting_but_not_part_of_the_model_fingerprint(tmp_path) -> None:
+    from h_model.faces import FaceDetector, FaceVerifier
+    from h_model.faces.verifier import model_fingerprint
+
+    from tests.faces.face_helpers import make_checkpoint
+
+    base = {"crop_size": 112, "margin": 0.0, "alignment": "five_point", "detector": "yunet"}
+    assert FaceDetector(**base).settings == base
+    assert FaceDetector(**base, yunet_sure=0.9).settings == {**base, "yunet_sure": 0.9}
+    assert "yunet_sure" not in FaceDetector(crop_size=112, yunet_sure=0.9).settings  # MTCNN: no YuNet
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="yunet_sure"):
+            FaceDetector(**base, yunet_sure=bad)
+    ckpt = make_checkpoint(tmp_path / "run", face={"crop_size": 112, "margin": 0.0, "alignment": "five_point",
+                                                   "detector": "yunet", "yunet_sure": 0.85})
+    assert model_fingerprint(ckpt, base) == model_fingerprint(ckpt, {**base, "yunet_sure": 0.9})
+    assert model_fingerprint(ckpt, base) != model_fingerprint(ckpt, {**base, "crop_size": 96})
+    v = FaceVerifier.load(ckpt, device="cpu")
+    assert v.detector.detector == "yunet" and v.detector.yunet_sure == 0.85
+    assert v.detector.settings["yunet_sure"] == 0.85
+
+
 def test_bundled_yunet_file_is_the_opencv_zoo_one() -> None:
     import hashlib
 
