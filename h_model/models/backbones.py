@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,11 +29,17 @@ def conv_block(cin: int, cout: int) -> nn.Sequential:
 
 
 class Conv4(nn.Module):
-    """4 x [conv3x3 64, BatchNorm, ReLU, maxpool2] (Vinyals et al. 2016; Snell et al. 2017)."""
+    """4 x [conv3x3 64, BatchNorm, ReLU, maxpool2] (Vinyals et al. 2016; Snell et al. 2017).
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, depth: int = 4) -> None:
+    ``hidden``: the channels of every layer, or one number per layer (``depth`` is then its length).
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int | Sequence[int] = 64, depth: int = 4) -> None:
         super().__init__()
-        chans = [in_channels] + [hidden] * depth
+        widths = [int(hidden)] * depth if isinstance(hidden, int) else [int(h) for h in hidden]
+        if not widths or min(widths) < 1:
+            raise ValueError(f"conv4 hidden must be a positive channel count or a non-empty list of them, got {hidden!r}")
+        chans = [in_channels] + widths
         self.layers = nn.Sequential(*[conv_block(a, b) for a, b in zip(chans, chans[1:])])
         self.to(memory_format=torch.channels_last)
 
@@ -42,7 +48,7 @@ class Conv4(nn.Module):
 
 
 @BACKBONES.register("conv4")
-def conv4(in_channels: int = 1, hidden: int = 64, depth: int = 4) -> nn.Module:
+def conv4(in_channels: int = 1, hidden: int | Sequence[int] = 64, depth: int = 4) -> nn.Module:
     return Conv4(in_channels, hidden, depth)
 
 

@@ -208,3 +208,27 @@ def test_learned_scale_lives_in_log_space_and_old_checkpoints_load(variant, kwar
     assert torch.allclose(model.scale, torch.tensor(12.5))
     with pytest.raises(ValueError, match="scale must be > 0"):
         create_model(variant, "conv4", scale=0.0, **kwargs)
+
+
+def test_conv4_takes_one_width_per_layer_and_the_checkpoint_keeps_them(tmp_path):
+    model = create_model("proto", "conv4", {"in_channels": 1, "hidden": [16, 32, 64, 64]}, input_shape=(1, 28, 28))
+    convs = [m for m in model.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 16), (16, 32), (32, 64), (64, 64)]
+    assert model.embed(torch.randn(3, 1, 28, 28)).shape == (3, 64)
+    save_checkpoint(tmp_path / "run", model, {"preprocess": Preprocess(size=(28, 28), channels=1).to_dict()})
+    again = h_model.load(tmp_path / "run")
+    assert [c.out_channels for c in again.model.backbone.modules() if isinstance(c, torch.nn.Conv2d)] == [16, 32, 64, 64]
+    with pytest.raises(ValueError, match="positive channel count"):
+        create_model("proto", "conv4", {"hidden": [16, 0, 64]})
+    with pytest.raises(ValueError, match="positive channel count"):
+        create_model("proto", "conv4", {"hidden": []})
+
+
+def test_the_default_run_builds_its_tapered_conv4():
+    import yaml
+    from pathlib import Path
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "training" / "configs" / "default.yaml").read_text())
+    model = create_model(cfg["variant"], cfg["backbone"], {"in_channels": 1, **cfg["backbone_kwargs"]},
+                         input_shape=(1, cfg["image_size"], cfg["image_size"]))
+    assert model.embed(torch.randn(2, 1, 28, 28)).shape == (2, cfg["backbone_kwargs"]["hidden"][-1])
