@@ -3,8 +3,8 @@
 
 easyfsl is trained the way its README and notebooks train it: its ``TaskSampler`` and
 ``episodic_collate_fn`` in a ``DataLoader`` that opens the image files, its
-``PrototypicalNetworks`` over a Conv-4 (the same architecture as h_model's ``conv4``), Adam at
-1e-3, 60-way 5-shot 5-query episodes, on the same training characters (Omniglot background minus
+``PrototypicalNetworks`` over the papers' Conv-4 (h_model's ``conv4`` with 64 channels per layer),
+Adam at 1e-3, 60-way 5-shot 5-query episodes, on the same training characters (Omniglot background minus
 the validation characters, each rotation a class). h_model runs ``training/configs/default.yaml``
 through its own trainer.
 
