@@ -1,7 +1,7 @@
 """The public prediction API: ``h_model.load(path)`` returns a :class:`Learner`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
@@ -64,8 +64,13 @@ class Learner:
 
     @torch.no_grad()  # not inference_mode: MAML-style learners adapt with autograd inside
     def predict(self, support_images: Sequence[ImageInput], support_labels: Sequence[Hashable],
-                query_images: Sequence[ImageInput]) -> Prediction:
-        """Classify queries among the support set's classes, in the caller's own label values."""
+                query_images: Sequence[ImageInput], balanced: bool | None = None) -> Prediction:
+        """Classify queries among the support set's classes, in the caller's own label values.
+
+        ``balanced=True`` states that every class has the same number of queries (one per class
+        in Lake et al.'s runs) and assigns them jointly under that constraint (see
+        :mod:`h_model.test_time`); ``None`` takes the ``balanced`` test-time option.
+        """
         if len(support_images) != len(support_labels):
             raise ValueError(f"{len(support_images)} support images but {len(support_labels)} labels")
         classes = list(dict.fromkeys(support_labels))
@@ -73,7 +78,7 @@ class Learner:
             raise ValueError("the support set needs at least two different labels")
         index = {c: i for i, c in enumerate(classes)}
         sy = torch.tensor([index[c] for c in support_labels], device=self.device)
-        tt = self.test_time
+        tt = self.test_time if balanced is None else replace(self.test_time, balanced=balanced)
         if tt.is_default:
             logits = self.model(self.tensors(support_images), sy, self.tensors(query_images), way=len(classes))
         else:

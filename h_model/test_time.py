@@ -17,6 +17,14 @@ which is the model's own prediction, unchanged.
   images so that all queries together weigh as much as the support set (one query per class, as
   in Lake et al.'s runs, or fewer: unscaled; 15 per class: a fifteenth, so the queries cannot
   drown the labelled drawings).
+- ``balanced``: the queries are assumed to fall equally into the classes (one per class in Lake
+  et al.'s runs; ``query`` per class in an evaluation episode). The model's probabilities are
+  rebalanced by Sinkhorn iterations so that every class receives the same total mass while every
+  query keeps a distribution over the classes (the balanced transport of Hu et al. 2021's
+  PT-MAP); the prediction becomes a near one-to-one assignment of queries to classes. It uses all
+  queries together, and is wrong for query sets whose classes are not equally represented, so it
+  belongs to the call (``Learner.predict(..., balanced=True)``) more than to a checkpoint. The
+  number of queries must be a multiple of the number of classes.
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ import torch.nn.functional as F
 from .models import FewShotModel
 from .models.base import one_hot
 
-__all__ = ["TestTime", "tta_embed", "tt_head", "parse_test_time"]
+__all__ = ["TestTime", "tta_embed", "tt_head", "balance", "parse_test_time"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class TestTime:
     l2: bool = False
     transductive_steps: int = 0
     transductive_temperature: float = 1.0
+    balanced: bool = False
     _views: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -96,7 +105,7 @@ def parse_test_time(items: list[str], base: dict[str, Any] | None = None) -> Tes
             raise ValueError(f"test-time option {it!r}: expected key=value (or 'none')")
         if key in ("shift", "scale", "rotate"):
             d[key] = [float(v) for v in value.split(",") if v]
-        elif key in ("center", "l2"):
+        elif key in ("center", "l2", "balanced"):
             if value.lower() not in ("true", "false", "1", "0"):
                 raise ValueError(f"{key}={value}: expected true or false")
             d[key] = value.lower() in ("true", "1")
@@ -121,12 +130,18 @@ def _warp(x: torch.Tensor, dx: float, dy: float, scale: float, degrees: float) -
 
 
 @torch.no_grad()
+def embed_view(model: FewShotModel, x: torch.Tensor, view: tuple[float, float, float, float]) -> torch.Tensor:
+    """Embeddings of ``x`` warped by one view ``(dx, dy, scale, degrees)`` (a :class:`TestTime`'s ``_views``)."""
+    return model.embed(x if view == (0.0, 0.0, 1.0, 0.0) else _warp(x, *view))
+
+
+@torch.no_grad()
 def tta_embed(model: FewShotModel, x: torch.Tensor, tt: TestTime, batch: int = 512) -> torch.Tensor:
     """Embeddings ``[N, D]`` of normalised images ``[N, C, H, W]``: the mean over ``tt``'s views."""
     out = []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
-        zs = [model.embed(xb if v == (0.0, 0.0, 1.0, 0.0) else _warp(xb, *v)) for v in tt._views]
+        zs = [embed_view(model, xb, v) for v in tt._views]
         out.append(zs[0] if len(zs) == 1 else torch.stack(zs).mean(0))
     return torch.cat(out)
 
@@ -147,10 +162,25 @@ def tt_head(model: FewShotModel, tt: TestTime, support_z: torch.Tensor, support_
         oh = one_hot(support_y, way, support_z.dtype)                       # [B, S, N]
         labels = torch.arange(way, device=support_z.device).expand(len(support_z), way)
         # each query weighs at most 1, and all together at most as much as the support set
-        balance = min(1.0, support_z.shape[1] / query_z.shape[1])
+        weight = min(1.0, support_z.shape[1] / query_z.shape[1])
         for _ in range(tt.transductive_steps):
-            w = balance * torch.softmax(logits.float() / tt.transductive_temperature, -1).to(support_z.dtype)
+            w = weight * torch.softmax(logits.float() / tt.transductive_temperature, -1).to(support_z.dtype)
             protos = (oh.transpose(1, 2) @ support_z + w.transpose(1, 2) @ query_z) \
                 / (oh.sum(1) + w.sum(1)).unsqueeze(-1)                      # [B, N, D]
             logits = model.head(protos, labels, query_z, way)
-    return logits
+    return balance(logits) if tt.balanced else logits
+
+
+def balance(logits: torch.Tensor, iters: int = 100) -> torch.Tensor:
+    """Log-probabilities ``[B, Q, N]`` whose rows sum to 1 and whose columns each sum to Q / N:
+    Sinkhorn iterations from softmax(``logits``), in the log domain."""
+    q, n = logits.shape[-2:]
+    if q % n:
+        raise ValueError(f"balanced=true needs the same number of queries for every class: {q} queries "
+                         f"cannot fall equally into {n} classes")
+    log_p = torch.log_softmax(logits.float(), -1)
+    col = math.log(q / n)
+    for _ in range(iters):
+        log_p = log_p - torch.logsumexp(log_p, -2, keepdim=True) + col
+        log_p = log_p - torch.logsumexp(log_p, -1, keepdim=True)
+    return log_p

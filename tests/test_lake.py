@@ -15,7 +15,7 @@ from h_model.evaluate import evaluate, main as evaluate_main
 from h_model.lake import evaluate_lake_runs, make_lake_runs, make_validation_runs, read_lake_runs
 from h_model.models import create_model
 from h_model.preprocess import Preprocess
-from h_model.test_time import TestTime, parse_test_time, tt_head, tta_embed
+from h_model.test_time import TestTime, balance, parse_test_time, tt_head, tta_embed
 
 from tests.conftest import tiny_imageset
 
@@ -126,7 +126,7 @@ def test_validation_runs_use_exactly_the_held_out_characters(alphabets, tmp_path
 # ---------------------------------------------------------------- test-time options
 
 OPTIONS = [{"shift": [1]}, {"scale": [0.9, 1.1]}, {"rotate": [10, -10]}, {"center": True}, {"l2": True},
-           {"transductive_steps": 2, "transductive_temperature": 100.0}]
+           {"transductive_steps": 2, "transductive_temperature": 100.0}, {"balanced": True}]
 
 
 @pytest.fixture
@@ -180,6 +180,20 @@ def test_parse_and_bad_options():
         tt_head(m, TestTime(transductive_steps=1), torch.rand(1, 3, 64), torch.tensor([[0, 1, 2]]), torch.rand(1, 2, 64), 3)
 
 
+def test_balance_assigns_queries_equally():
+    # queries 0 and 1 both prefer class 0, but query 1 less strongly; query 2 prefers class 1
+    logits = torch.tensor([[[5.0, 0.0, 0.0], [4.0, 3.0, 0.0], [0.0, 6.0, 5.5]]])
+    assert logits.argmax(-1).tolist() == [[0, 0, 1]]
+    p = balance(logits).exp()
+    assert p.argmax(-1).tolist() == [[0, 1, 2]]
+    assert torch.allclose(p.sum(-1), torch.ones(1, 3), atol=1e-5)
+    assert torch.allclose(p.sum(-2), torch.ones(1, 3), atol=1e-3)
+    two = balance(torch.randn(2, 6, 3)).exp()  # two queries per class, batched
+    assert torch.allclose(two.sum(-2), torch.full((2, 3), 2.0), atol=1e-3)
+    with pytest.raises(ValueError, match="5 queries cannot fall equally into 3 classes"):
+        balance(torch.randn(1, 5, 3))
+
+
 def _checkpoint(path, test_time=None):
     torch.manual_seed(0)
     model = create_model("proto", "conv4").eval()
@@ -207,6 +221,12 @@ def test_learner_honours_the_config_entry(alphabets, tmp_path):
     assert np.array_equal(plain.predict(support, labels, queries).probs, p1.probs)
     res = evaluate_lake_runs(tuned, [run])
     assert len(res["runs"]) == 1 and 0 <= res["mean_error"] <= 100
+    # balanced: one query per class, so every class receives one query's worth of probability
+    pb = plain.predict(support, labels, queries, balanced=True)
+    assert np.allclose(pb.probs.sum(0), 1.0, atol=1e-3) and np.allclose(pb.probs.sum(1), 1.0, atol=1e-5)
+    assert plain.test_time == TestTime.from_dict(opt)  # the call's choice is not kept
+    with pytest.raises(ValueError, match="cannot fall equally"):
+        plain.predict(support, labels, queries[:4], balanced=True)
 
 
 def test_evaluate_honours_the_config_entry(alphabets, tmp_path):
