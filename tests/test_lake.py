@@ -12,7 +12,7 @@ import h_model
 from h_model.checkpoint import save_checkpoint
 from h_model.data.omniglot import load_omniglot_split, omniglot_preprocess, split_background, validation_characters
 from h_model.evaluate import evaluate, main as evaluate_main
-from h_model.lake import evaluate_lake_runs, make_lake_runs, make_validation_runs, read_lake_runs
+from h_model.lake import evaluate_lake_runs, format_lake_table, make_lake_runs, make_validation_runs, read_lake_runs
 from h_model.models import create_model
 from h_model.preprocess import Preprocess
 from h_model.test_time import TestTime, balance, parse_test_time, tt_head, tta_embed
@@ -243,6 +243,21 @@ def test_evaluate_honours_the_config_entry(alphabets, tmp_path):
         learner.test_time = TestTime.from_dict(expect)
         assert res["mean_error"] == evaluate_lake_runs(learner, z)["mean_error"]
     assert evaluate_main(["--checkpoint", str(ck), "--lake-runs", str(z), "--test-time", "bogus=1"]) == 2
+
+
+def test_lake_evaluation_reports_the_balanced_figure_beside(alphabets, tmp_path):
+    root, _ = alphabets
+    runs = read_lake_runs(make_lake_runs(root, tmp_path / "r.zip", runs=3, way=5))
+    learner = h_model.load(_checkpoint(tmp_path / "ck"), "cpu")
+    res = evaluate_lake_runs(learner, runs)
+    learner.test_time = TestTime(balanced=True)
+    joint = evaluate_lake_runs(learner, runs)
+    assert "mean_error_balanced" not in joint  # already the balanced figure
+    assert [r["error_balanced"] for r in res["runs"]] == [r["error"] for r in joint["runs"]]
+    assert res["mean_error_balanced"] == joint["mean_error"]
+    table = format_lake_table(res)
+    assert "| balanced (%) |" in table and f"{res['mean_error_balanced']:.2f}% with each run" in table
+    assert "| balanced (%) |" not in format_lake_table(joint)
 
 
 def test_episode_evaluation_with_options():
