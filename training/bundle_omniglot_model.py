@@ -69,16 +69,23 @@ def main(argv: list[str] | None = None) -> int:
         results[s] = evaluate(learner.model, test, way, shot, episodes=a.episodes, embeddings=z, test_time=learner.test_time)
         print(f"{s}: {100 * results[s]['accuracy']:.2f} +- {100 * results[s]['ci95']:.2f} %", flush=True)
     root = find_omniglot(a.data_root, "evaluation", download=False)
-    errors = {}
+    errors, joint = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in a.lake_seeds:
             runs = make_lake_runs(root, Path(tmp) / f"eval_seed{seed}.zip", seed=seed)
-            errors[str(seed)] = evaluate_lake_runs(learner, runs)["mean_error"]
+            res = evaluate_lake_runs(learner, runs)
+            errors[str(seed)] = res["mean_error"]
+            if "mean_error_balanced" in res:
+                joint[str(seed)] = res["mean_error_balanced"]
     mean = sum(errors.values()) / len(errors)
     results["lake_evaluation_runs"] = {"mean_error_by_seed": errors, "mean_error": mean, "runs": 20 * len(errors),
                                        "command": "python -m h_model.lake make --omniglot-root DATA/omniglot-py/images_evaluation --seed S"}
+    if joint:  # each run's drawings assigned to its classes jointly (balanced=true)
+        results["lake_evaluation_runs"].update(mean_error_balanced_by_seed=joint,
+                                               mean_error_balanced=sum(joint.values()) / len(joint))
     print(f"Lake runs of the evaluation alphabets: {mean:.2f} % mean error over {20 * len(errors)} runs "
-          f"(seed 0: {errors.get('0', float('nan')):.2f} %)", flush=True)
+          f"(seed 0: {errors.get('0', float('nan')):.2f} %)"
+          + (f"; balanced: {sum(joint.values()) / len(joint):.2f} %" if joint else ""), flush=True)
     results["measured_on"] = {"cpu": cpu_description(), "threads": torch.get_num_threads(),
                               "command": "python training/bundle_omniglot_model.py RUN_DIR" + (" --float16" if a.float16 else "")}
     results["train"] = trained
