@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .models import FewShotModel
 from .models.base import one_hot
 
-__all__ = ["TestTime", "tta_embed", "tt_head", "balance", "parse_test_time"]
+__all__ = ["TestTime", "embed_view", "tta_embed", "tt_head", "balance", "parse_test_time"]
 
 
 @dataclass(frozen=True)
