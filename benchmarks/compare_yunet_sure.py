@@ -48,6 +48,21 @@ def scored(z_raw: np.ndarray, labels: np.ndarray, pairs: dict[str, Any], members
     return r
 
 
+def yunet_validation(e: bf.Embedder, data_root: str | None, seed: int, drop: str, n_pairs: int = 3000
+                     ) -> tuple[dict[str, Any], Any, dict[str, list[int]], dict[str, Any]]:
+    """For a model used with YuNet: its crop settings less ``drop``, the validation crops cut with
+    them, their rows by identity and the validation pair lists (all sets, in the wild; 10 folds)."""
+    s = {k: v for k, v in bf.align_of(e).items() if k != drop}
+    if s.get("detector") != "yunet":
+        raise SystemExit(f"{e.info['path'] if e.info else e.name} is not used with YuNet (its crop settings: {s})")
+    root = Path(data_root).expanduser().resolve() if data_root else bf.default_data_root()
+    _, val, _ = faces_splits(root, image_size=int(s["crop_size"]), margin=float(s["margin"]), seed=seed,
+                             alignment=s.get("alignment", "eyes"), detector="yunet", yunet_sure=s.get("yunet_sure"))
+    members = bf.members_of(val)
+    pairs = {k: bf.build_pairs(members, n_pairs, 10, seed, sets) for k, sets in (("all", None), ("wild", bf.WILD_SETS))}
+    return s, val, members, pairs
+
+
 def yunet_least(det: FaceDetector, src: str) -> float:
     """The lowest score among YuNet's faces in a photo, as ``det`` runs YuNet (downscale, padded
     retry); 1.0 where YuNet finds none (such a photo goes to MTCNN whatever ``yunet_sure`` is)."""
@@ -88,15 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0.0 <= t <= 1.0 for t in sure):
         raise SystemExit("--sure takes scores in [0, 1]")
     e = bf.model_embedder(a.model, Path(a.model).name)
-    s = {k: v for k, v in bf.align_of(e).items() if k != "yunet_sure"}
-    if s.get("detector") != "yunet":
-        raise SystemExit(f"{a.model} is not used with YuNet (its crop settings: {s})")
-    root = Path(a.data_root).expanduser().resolve() if a.data_root else bf.default_data_root()
-    _, val, _ = faces_splits(root, image_size=int(s["crop_size"]), margin=float(s["margin"]), seed=a.seed,
-                             alignment=s.get("alignment", "eyes"), detector="yunet")
-    members = bf.members_of(val)
-    pairs = {k: bf.build_pairs(members, a.pairs, 10, a.seed, sets) for k, sets in (("all", None),
-                                                                                   ("wild", bf.WILD_SETS))}
+    s, val, members, pairs = yunet_validation(e, a.data_root, a.seed, "yunet_sure", a.pairs)
     labels = val.labels.numpy()
     assert val.sources is not None
     print(f"{len(val)} validation photos of {len(members)} identities: embedding ...", flush=True)

@@ -11,7 +11,9 @@ identities, 1000 episodes each) and recalibrates the verification threshold (FAR
 validation pairs, 10-fold report on test pairs) on crops aligned here from the original photos,
 with the checkpoint's own alignment (``data.alignment``: "eyes" or "five_point") and detector
 (``data.detector``: "mtcnn" or "yunet"; ``--detector`` sets it; ``--yunet-sure`` sends photos with a
-YuNet face scored under it to MTCNN, as chosen by ``benchmarks/compare_yunet_sure.py``).
+YuNet face scored under it to MTCNN, as chosen by ``benchmarks/compare_yunet_sure.py``;
+``--fuse-landmarks`` averages YuNet's landmarks with MTCNN's, as measured by
+``benchmarks/compare_landmarks.py``).
 ``--float16`` stores the weights in half precision (they load back into float32 modules).
 A run trained from a pack (WebP crops) thus gets figures and a threshold for the crops it will
 see in use. ``--flip-embed`` turns on the test-time flip (see ``FewShotModel.flip_embed``) before
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the face detector the model is used with (stored in its config; default: the run's)")
     ap.add_argument("--yunet-sure", type=float, default=None,
                     help="photos with a YuNet face scored under this go to MTCNN (stored in its config; default: the run's)")
+    ap.add_argument("--fuse-landmarks", action="store_true",
+                    help="average YuNet's five landmarks with MTCNN's before aligning (stored in its config)")
     a = ap.parse_args(argv)
 
     import torch
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.yunet_sure is not None:
         cfg["data"]["yunet_sure"] = a.yunet_sure
         cfg.setdefault("face", {})["yunet_sure"] = a.yunet_sure
+    if a.fuse_landmarks:
+        cfg["data"]["fuse_landmarks"] = True
+        cfg.setdefault("face", {})["fuse_landmarks"] = True
     if a.float16 and "source" in cfg:
         cfg["source"]["stored_as"] = "float16"
     write_json(dst / "config.json", cfg)
@@ -109,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     alignment = d.get("alignment", "eyes")
     _, val, test = load_splits("faces", data_root=a.data_root, image_size=d["image_size"], seed=d["seed"],
                                margin=d["margin"], alignment=alignment, detector=d.get("detector", "mtcnn"),
-                               yunet_sure=d.get("yunet_sure"))
+                               yunet_sure=d.get("yunet_sure"), fuse_landmarks=bool(d.get("fuse_landmarks")))
     prep = Preprocess.from_dict(cfg["preprocess"])
     val.preprocess = test.preprocess = prep  # the checkpoint's own normalisation
     model, _ = load_checkpoint(dst / "model.safetensors", "cpu")

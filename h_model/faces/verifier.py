@@ -4,12 +4,12 @@ A face checkpoint is an ordinary h_model checkpoint directory (RGB ``preprocess`
 whose ``config.json`` may carry a ``"face"`` entry::
 
     "face": {"threshold": 0.62, "far": 0.001, "crop_size": 160, "margin": 0.2, "alignment": "eyes",
-             "detector": "mtcnn"}                      # or "detector": "yunet", "yunet_sure": 0.9
+             "detector": "mtcnn"}      # or "detector": "yunet", "yunet_sure": 0.9, "fuse_landmarks": true
 
 ``threshold``/``far`` come from :func:`calibrate_threshold` + :func:`save_threshold` on
-validation pairs; ``crop_size``/``margin``/``alignment``/``detector``/``yunet_sure`` say how the
+validation pairs; ``crop_size``/``margin``/``alignment``/``detector``/``yunet_sure``/``fuse_landmarks`` say how the
 training crops were detected and aligned (defaults: the preprocess size, 0.2, ``"eyes"``,
-``"mtcnn"`` and none; see :mod:`h_model.detect`), so verification crops faces exactly as training did.
+``"mtcnn"``, none and false; see :mod:`h_model.detect`), so verification crops faces exactly as training did.
 """
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def model_fingerprint(checkpoint: str | Path, detector_settings: dict[str, Any])
 
 
 def align_settings(learner: Learner) -> dict[str, Any]:
-    """Crop size, margin, alignment, detector and ``yunet_sure`` the checkpoint was made for (config
-    "face"), else its input size, 0.2, "eyes", "mtcnn" and none (the last three named only when they
+    """Crop size, margin, alignment, detector, ``yunet_sure`` and ``fuse_landmarks`` the checkpoint was made
+    for (config "face"), else its input size, 0.2, "eyes", "mtcnn", none and false (the last four named only when they
     differ, as :attr:`FaceDetector.settings`)."""
     face = dict(learner.config.get("face") or {})
     out: dict[str, Any] = {"crop_size": int(face.get("crop_size") or max(learner.preprocess.size)),
@@ -112,6 +112,8 @@ def align_settings(learner: Learner) -> dict[str, Any]:
         out["detector"] = str(face["detector"])
         if face.get("yunet_sure") is not None:
             out["yunet_sure"] = float(face["yunet_sure"])
+        if face.get("fuse_landmarks"):
+            out["fuse_landmarks"] = True
     return out
 
 

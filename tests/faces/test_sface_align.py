@@ -195,3 +195,41 @@ def test_bundled_yunet_file_is_the_opencv_zoo_one() -> None:
     for name in ("LICENSE", "NOTICE"):
         assert (YUNET_FILE.parent / name).is_file()
     assert "MIT License" in (YUNET_FILE.parent / "LICENSE").read_text()
+
+
+def test_fuse_landmarks_averages_the_best_overlapping_face_only() -> None:
+    from h_model.detect import box_iou, fuse_landmarks
+
+    assert box_iou(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30]])).tolist() == [[1 / 3, 0.0]]
+    boxes = np.array([[0, 0, 10, 10], [100, 100, 110, 110]], np.float32)
+    lm = np.zeros((2, 5, 2), np.float32)
+    other_lm = np.stack([np.full((5, 2), 4.0), np.full((5, 2), 8.0)]).astype(np.float32)
+    other = (np.array([[50, 50, 60, 60], [1, 0, 11, 10]], np.float32), np.ones(2, np.float32), other_lm)
+    b, s, fused = fuse_landmarks((boxes, np.array([0.9, 0.8], np.float32), lm), other)
+    assert b is boxes and s.tolist() == pytest.approx([0.9, 0.8])
+    assert fused[0].tolist() == [[4.0, 4.0]] * 5          # mean of 0 and the overlapping face's 8
+    assert fused[1].tolist() == [[0.0, 0.0]] * 5          # nothing overlaps it: its own landmarks
+    assert lm[0].max() == 0                               # the input is not changed
+    assert fuse_landmarks((boxes, s, lm), None)[2] is lm
+
+
+def test_fused_landmarks_are_a_yunet_crop_setting_in_the_fingerprint(tmp_path, face_photo) -> None:
+    from h_model.faces import FaceDetector, FaceVerifier
+    from h_model.faces.verifier import model_fingerprint
+
+    from tests.faces.face_helpers import make_checkpoint
+
+    base = {"crop_size": 112, "margin": 0.0, "alignment": "five_point", "detector": "yunet"}
+    with pytest.raises(ValueError, match="fuse_landmarks"):
+        FaceDetector(crop_size=112, alignment="five_point", fuse_landmarks=True)  # MTCNN alone: nothing to fuse
+    det = FaceDetector(**base, fuse_landmarks=True)
+    assert det.settings == {**base, "fuse_landmarks": True}
+    yunet = FaceDetector(**base).detect(face_photo)[0]
+    mtcnn = FaceDetector(crop_size=112, alignment="five_point").detect(face_photo)[0]
+    fused = det.detect(face_photo)[0]
+    assert np.allclose(fused.box, yunet.box) and fused.prob == pytest.approx(yunet.prob)
+    assert np.allclose(fused.landmarks, (yunet.landmarks + mtcnn.landmarks) / 2, atol=1e-3)
+    ckpt = make_checkpoint(tmp_path / "run", face={**base, "fuse_landmarks": True})
+    v = FaceVerifier.load(ckpt, device="cpu")
+    assert v.detector.fuse_landmarks and v.detector.settings == {**base, "fuse_landmarks": True}
+    assert model_fingerprint(ckpt, base) != model_fingerprint(ckpt, {**base, "fuse_landmarks": True})
