@@ -7,7 +7,8 @@ in its wheel; the default for checkpoints that name none). Both give a box and t
 A YuNet detector hands photos it finds no face in to MTCNN (``fallback``), so it never finds fewer.
 With ``fuse_landmarks`` a YuNet face's 5 landmarks are averaged with MTCNN's for the same face
 (:func:`fuse_landmarks`): the two detectors' landmark errors are partly independent, so the mean
-places the five-point crop better than either alone.
+places the five-point crop better than either alone. ``fuse_min_face`` makes that MTCNN pass cheap:
+it then looks only for faces at least that fraction of YuNet's smallest face.
 
 Two named alignments (:data:`ALIGNMENTS`), stored in a face checkpoint's ``"face"`` entry so
 training crops, verification, the gallery and the app all crop the same way:
@@ -209,14 +210,17 @@ class FaceDetector:
     face, landmarks scattered by hard light. Passing ``yunet_model`` alone
     selects YuNet. ``fuse_landmarks`` (YuNet only): every face YuNet keeps gets the mean of its
     landmarks and MTCNN's for the same face (:func:`fuse_landmarks`; MTCNN runs on every photo, about
-    40 ms more on 2 cores). ``thresholds`` and ``min_face_size`` shape MTCNN.
+    60 ms more per 640x480 photo on 2 cores). ``fuse_min_face`` (> 0): that MTCNN pass looks only for
+    faces whose side is at least this fraction of the shortest box side among the photo's YuNet faces
+    (and at least ``min_face_size``), so its image pyramid starts small (0.7: about 15 ms); 0 searches
+    the whole pyramid. ``thresholds`` and ``min_face_size`` shape MTCNN.
     """
 
     def __init__(self, crop_size: int = 160, margin: float = 0.2, min_face_size: int = 20,
                  thresholds: Sequence[float] = (0.6, 0.7, 0.7), max_side: int = 1280, pad_retry: float = 0.25,
                  min_prob: float = 0.0, alignment: str = "eyes", detector: str | None = None,
                  yunet_model: str | Path | None = None, yunet_score: float = 0.6, fallback: bool = True,
-                 yunet_sure: float | None = None, fuse_landmarks: bool = False,
+                 yunet_sure: float | None = None, fuse_landmarks: bool = False, fuse_min_face: float = 0.0,
                  device: str | torch.device = "cpu") -> None:
         if crop_size < 8 or margin < 0 or max_side < 32:
             raise ValueError("need crop_size >= 8, margin >= 0 and max_side >= 32")
@@ -231,12 +235,16 @@ class FaceDetector:
             raise ValueError(f"yunet_sure must be a score in [0, 1] or None, got {yunet_sure}")
         if fuse_landmarks and detector != "yunet":
             raise ValueError("fuse_landmarks averages YuNet's landmarks with MTCNN's: it needs detector='yunet'")
+        if not (math.isfinite(fuse_min_face) and 0 <= fuse_min_face <= 1):
+            raise ValueError(f"fuse_min_face must be a fraction in [0, 1], got {fuse_min_face}")
+        if fuse_min_face and not fuse_landmarks:
+            raise ValueError("fuse_min_face shapes the fuse_landmarks pass: set fuse_landmarks=True too")
         self.alignment, self.detector = alignment, detector
         self.crop_size, self.margin, self.max_side = int(crop_size), float(margin), int(max_side)
         self.pad_retry, self.min_prob, self.min_face_size = float(pad_retry), float(min_prob), int(min_face_size)
         self.fallback = bool(fallback) and detector == "yunet"
         self.yunet_sure = None if yunet_sure is None else float(yunet_sure)
-        self.fuse_landmarks = bool(fuse_landmarks)
+        self.fuse_landmarks, self.fuse_min_face = bool(fuse_landmarks), float(fuse_min_face)
         self._thresholds, self._device = list(thresholds), torch.device(device)
         self._mtcnn: Any = None
         self.yunet: Any = None
@@ -277,6 +285,8 @@ class FaceDetector:
                 out["yunet_sure"] = self.yunet_sure
             if self.fuse_landmarks:
                 out["fuse_landmarks"] = True
+                if self.fuse_min_face:
+                    out["fuse_min_face"] = self.fuse_min_face
         return out
 
     def detect(self, image: ImageInput) -> list[Face]:
@@ -319,7 +329,8 @@ class FaceDetector:
                 found[i] = res
         if self.fuse_landmarks:
             mine = [i for i, y in enumerate(by_yunet) if y]
-            for i, res in zip(mine, self._find([small[i] for i in mine], "mtcnn")):
+            sizes = [self._fuse_size(found[i]) for i in mine]
+            for i, res in zip(mine, self._find([small[i] for i in mine], "mtcnn", sizes)):
                 found[i] = fuse_landmarks(found[i], res)
         return [self._faces(rgb[i], found[i], scales[i]) for i in range(len(rgb))]
 
@@ -331,32 +342,48 @@ class FaceDetector:
         size = (max(1, round(img.size[0] * f)), max(1, round(img.size[1] * f)))
         return img.resize(size, Image.BILINEAR), f
 
-    def _find(self, imgs: list[Image.Image], engine: str) -> list[Found | None]:
-        """``engine``'s detections of each image, and on the padded image where there were none."""
-        found = self._yunet_each(imgs) if engine == "yunet" else self._mtcnn_grouped(imgs)
+    def _fuse_size(self, found: Found | None) -> int:
+        """MTCNN's smallest face for the fusion pass over a photo with YuNet's ``found``."""
+        if not self.fuse_min_face or found is None:
+            return self.min_face_size
+        side = float(np.minimum(found[0][:, 2] - found[0][:, 0], found[0][:, 3] - found[0][:, 1]).min())
+        return max(self.min_face_size, int(self.fuse_min_face * side))
+
+    def _find(self, imgs: list[Image.Image], engine: str, min_faces: list[int] | None = None) -> list[Found | None]:
+        """``engine``'s detections of each image, and on the padded image where there were none
+        (``min_faces``: MTCNN's smallest face per image, default ``min_face_size``)."""
+        found = self._yunet_each(imgs) if engine == "yunet" else self._mtcnn_grouped(imgs, min_faces)
         if self.pad_retry > 0:
             missing = [i for i, f in enumerate(found) if f is None]
-            for i, res in zip(missing, self._detect_padded([imgs[i] for i in missing], engine)):
+            sizes = None if min_faces is None else [min_faces[i] for i in missing]
+            for i, res in zip(missing, self._detect_padded([imgs[i] for i in missing], engine, sizes)):
                 found[i] = res
         return found
 
     def _yunet_each(self, imgs: list[Image.Image]) -> list[Found | None]:
         return [self._yunet(im) if min(im.size) >= 12 else None for im in imgs]
 
-    def _mtcnn_grouped(self, imgs: list[Image.Image]) -> list[Found | None]:
-        """MTCNN over same-size groups; per image (boxes, probs, landmarks) or None."""
+    def _mtcnn_grouped(self, imgs: list[Image.Image], min_faces: list[int] | None = None) -> list[Found | None]:
+        """MTCNN over groups of one size and smallest face (``min_faces``, default ``min_face_size``);
+        per image (boxes, probs, landmarks) or None."""
+        from facenet_pytorch.models.utils.detect_face import detect_face
+
         out: list[Found | None] = [None] * len(imgs)
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[tuple[int, int], int], list[int]] = {}
         for i, im in enumerate(imgs):
-            if min(im.size) >= max(self.min_face_size, 12):  # smaller: MTCNN's pyramid is empty
-                groups.setdefault(im.size, []).append(i)
-        for idx in groups.values():
-            boxes, probs, points = self.mtcnn.detect([imgs[i] for i in idx], landmarks=True)
+            smallest = self.min_face_size if min_faces is None else min_faces[i]
+            if min(im.size) >= max(smallest, 12):  # smaller: MTCNN's pyramid is empty
+                groups.setdefault((im.size, smallest), []).append(i)
+        for (_, smallest), idx in groups.items():
+            m = self.mtcnn  # loaded on first use: a YuNet detector may never need it
+            with torch.no_grad():  # MTCNN.detect's own call, with this group's smallest face
+                boxes, points = detect_face([imgs[i] for i in idx], smallest, m.pnet, m.rnet, m.onet,
+                                            m.thresholds, m.factor, m.device)
             for j, i in enumerate(idx):
-                if boxes[j] is None:
+                if len(boxes[j]) == 0:
                     continue
-                b = np.asarray(boxes[j], dtype=np.float32).reshape(-1, 4)
-                p = np.asarray(probs[j], dtype=np.float32).reshape(-1)
+                found = np.asarray(boxes[j], dtype=np.float32).reshape(-1, 5)
+                b, p = found[:, :4], found[:, 4]
                 lm = np.asarray(points[j], dtype=np.float32).reshape(-1, 5, 2)
                 keep = p >= self.min_prob
                 if keep.any():
@@ -379,14 +406,15 @@ class FaceDetector:
         boxes = np.stack([f[:, 0], f[:, 1], f[:, 0] + f[:, 2], f[:, 1] + f[:, 3]], 1)
         return boxes, f[:, 14], f[:, 4:14].reshape(-1, 5, 2)
 
-    def _detect_padded(self, imgs: list[Image.Image], engine: str) -> list[Found | None]:
+    def _detect_padded(self, imgs: list[Image.Image], engine: str,
+                       min_faces: list[int] | None = None) -> list[Found | None]:
         padded, pads = [], []
         for im in imgs:
             pad = int(round(self.pad_retry * max(im.size)))
             a = cv2.copyMakeBorder(np.asarray(im), pad, pad, pad, pad, cv2.BORDER_REPLICATE)
             padded.append(Image.fromarray(a))
             pads.append(pad)
-        res = self._yunet_each(padded) if engine == "yunet" else self._mtcnn_grouped(padded)
+        res = self._yunet_each(padded) if engine == "yunet" else self._mtcnn_grouped(padded, min_faces)
         out: list[Found | None] = []
         for r, pad in zip(res, pads):
             out.append(None if r is None else (r[0] - pad, r[1], r[2] - pad))

@@ -12,8 +12,8 @@ validation pairs, 10-fold report on test pairs) on crops aligned here from the o
 with the checkpoint's own alignment (``data.alignment``: "eyes" or "five_point") and detector
 (``data.detector``: "mtcnn" or "yunet"; ``--detector`` sets it; ``--yunet-sure`` sends photos with a
 YuNet face scored under it to MTCNN, as chosen by ``benchmarks/compare_yunet_sure.py``;
-``--fuse-landmarks`` averages YuNet's landmarks with MTCNN's, as measured by
-``benchmarks/compare_landmarks.py``).
+``--fuse-landmarks`` averages YuNet's landmarks with MTCNN's, with ``--fuse-min-face`` sizing
+that MTCNN pass, as measured by ``benchmarks/compare_landmarks.py``).
 ``--float16`` stores the weights in half precision (they load back into float32 modules).
 A run trained from a pack (WebP crops) thus gets figures and a threshold for the crops it will
 see in use. ``--flip-embed`` turns on the test-time flip (see ``FewShotModel.flip_embed``) before
@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="photos with a YuNet face scored under this go to MTCNN (stored in its config; default: the run's)")
     ap.add_argument("--fuse-landmarks", action="store_true",
                     help="average YuNet's five landmarks with MTCNN's before aligning (stored in its config)")
+    ap.add_argument("--fuse-min-face", type=float, default=0.0,
+                    help="with --fuse-landmarks: MTCNN looks only for faces at least this fraction of YuNet's (0: all)")
     a = ap.parse_args(argv)
 
     import torch
@@ -102,9 +104,15 @@ def main(argv: list[str] | None = None) -> int:
     if a.yunet_sure is not None:
         cfg["data"]["yunet_sure"] = a.yunet_sure
         cfg.setdefault("face", {})["yunet_sure"] = a.yunet_sure
+    if a.fuse_min_face and not a.fuse_landmarks:
+        raise SystemExit("--fuse-min-face sizes the --fuse-landmarks pass: give both")
     if a.fuse_landmarks:
         cfg["data"]["fuse_landmarks"] = True
         cfg.setdefault("face", {})["fuse_landmarks"] = True
+        for part in (cfg["data"], cfg["face"]):
+            part.pop("fuse_min_face", None)
+            if a.fuse_min_face:
+                part["fuse_min_face"] = a.fuse_min_face
     if a.float16 and "source" in cfg:
         cfg["source"]["stored_as"] = "float16"
     write_json(dst / "config.json", cfg)
@@ -116,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     alignment = d.get("alignment", "eyes")
     _, val, test = load_splits("faces", data_root=a.data_root, image_size=d["image_size"], seed=d["seed"],
                                margin=d["margin"], alignment=alignment, detector=d.get("detector", "mtcnn"),
-                               yunet_sure=d.get("yunet_sure"), fuse_landmarks=bool(d.get("fuse_landmarks")))
+                               yunet_sure=d.get("yunet_sure"), fuse_landmarks=bool(d.get("fuse_landmarks")),
+                               fuse_min_face=float(d.get("fuse_min_face") or 0.0))
     prep = Preprocess.from_dict(cfg["preprocess"])
     val.preprocess = test.preprocess = prep  # the checkpoint's own normalisation
     model, _ = load_checkpoint(dst / "model.safetensors", "cpu")

@@ -50,14 +50,15 @@ def face_sets(root: str | Path) -> list[Path]:
 
 def align_paths(paths: Sequence[Path], crop_size: int = 112, margin: float = 0.2, batch: int = 32,
                 desc: str = "aligning", alignment: str = "eyes", detector: str = "mtcnn",
-                yunet_sure: float | None = None, fuse_landmarks: bool = False) -> tuple[torch.Tensor, list[int]]:
+                yunet_sure: float | None = None, fuse_landmarks: bool = False,
+                fuse_min_face: float = 0.0) -> tuple[torch.Tensor, list[int]]:
     """Aligned uint8 crops ``[M, 3, s, s]`` of the largest face of each photo, and which photos they
     came from; unreadable and faceless photos are skipped and counted in one warning."""
     from ..detect import FaceDetector, load_rgb
 
     det = FaceDetector(crop_size=crop_size, margin=margin, alignment=alignment, detector=detector,
                        **({} if yunet_sure is None else {"yunet_sure": yunet_sure}),
-                       **({"fuse_landmarks": True} if fuse_landmarks else {}))
+                       **({"fuse_landmarks": True, "fuse_min_face": fuse_min_face} if fuse_landmarks else {}))
     crops, kept = [], []
     unreadable = faceless = 0
     for i in tqdm(range(0, len(paths), batch), desc=desc, unit="batch", disable=len(paths) <= batch):
@@ -84,14 +85,14 @@ def align_paths(paths: Sequence[Path], crop_size: int = 112, margin: float = 0.2
 
 def align_folder(root: str | Path, crop_size: int = 112, margin: float = 0.2, batch: int = 32,
                  cache_dir: Path | str | None = "default", alignment: str = "eyes", detector: str = "mtcnn",
-                 yunet_sure: float | None = None, fuse_landmarks: bool = False) -> ImageSet:
+                 yunet_sure: float | None = None, fuse_landmarks: bool = False, fuse_min_face: float = 0.0) -> ImageSet:
     """Aligned ``crop_size`` crops of the largest face of every photo in one class-folder set.
 
     The photos kept are those MTCNN finds a face in, whatever the ``detector``: another detector
     (``"yunet"``) re-crops exactly those photos, so models with different detectors are trained and
     scored on the same photos and identity splits. ``yunet_sure``: photos in which YuNet finds a face it
     scores under this go to MTCNN (see :class:`h_model.detect.FaceDetector`; None: never);
-    ``fuse_landmarks``: YuNet's landmarks averaged with MTCNN's (the same class)."""
+    ``fuse_landmarks``: YuNet's landmarks averaged with MTCNN's, whose pass ``fuse_min_face`` sizes (the same class)."""
     root = Path(root).expanduser()
     paths, labels, names = list_class_folders([root])
     prep = face_preprocess(crop_size)
@@ -101,7 +102,7 @@ def align_folder(root: str | Path, crop_size: int = 112, margin: float = 0.2, ba
         if yunet_sure is not None:  # None keeps the caches made before this setting
             align += f"-sure{yunet_sure:g}"
         if fuse_landmarks:
-            align += "-fused"
+            align += "-fused" + (f"-min{fuse_min_face:g}" if fuse_min_face else "")
     settings = {"crop": crop_size, "margin": margin if alignment == "eyes" else None, "align": align}
     key = f"faces-{root.name}-" + files_fingerprint(paths, settings)
 
@@ -112,7 +113,7 @@ def align_folder(root: str | Path, crop_size: int = 112, margin: float = 0.2, ba
             photos, photo_labels, photo_names = [Path(p) for p in ref.sources or []], ref.labels.tolist(), ref.class_names
         crops, kept = align_paths(photos, crop_size, margin, batch, desc=f"aligning {root.name} ({detector})",
                                   alignment=alignment, detector=detector, yunet_sure=yunet_sure,
-                                  fuse_landmarks=fuse_landmarks)
+                                  fuse_landmarks=fuse_landmarks, fuse_min_face=fuse_min_face)
         if not kept:
             raise ValueError(f"no face found in any photo under {root}")
         return ImageSet(crops, torch.as_tensor([photo_labels[j] for j in kept], dtype=torch.long), photo_names, prep,
@@ -133,14 +134,23 @@ def concat_sets(parts: Sequence[ImageSet], prefixes: Sequence[str] | None = None
     return ImageSet(torch.cat(imgs), torch.cat(labs), names, parts[0].preprocess, srcs)
 
 
+def crop_kwargs(settings: dict[str, Any]) -> dict[str, Any]:
+    """:func:`faces_splits` / :func:`aligned_sets` keyword arguments that cut crops as ``settings``
+    (a :attr:`h_model.detect.FaceDetector.settings` dict or a face checkpoint's ``"face"`` entry) say."""
+    return {"image_size": int(settings["crop_size"]), "margin": float(settings.get("margin", 0.2)),
+            "alignment": settings.get("alignment", "eyes"), "detector": settings.get("detector", "mtcnn"),
+            "yunet_sure": settings.get("yunet_sure"), "fuse_landmarks": bool(settings.get("fuse_landmarks")),
+            "fuse_min_face": float(settings.get("fuse_min_face") or 0.0)}
+
+
 def faces_splits(data_root: str | Path | None = None, image_size: int = 112, margin: float = 0.2, seed: int = 0,
                  sets: Sequence[str] | None = None, split: tuple[float, float, float] = (0.7, 0.15, 0.15),
                  min_images: int = 2, pack: str | Path | None = None, alignment: str = "eyes",
-                 detector: str = "mtcnn", yunet_sure: float | None = None, fuse_landmarks: bool = False
-                 ) -> tuple[ImageSet, ImageSet, ImageSet]:
+                 detector: str = "mtcnn", yunet_sure: float | None = None, fuse_landmarks: bool = False,
+                 fuse_min_face: float = 0.0) -> tuple[ImageSet, ImageSet, ImageSet]:
     """Identity-disjoint (train, validation, test) aligned-face splits, drawn per set by seed,
     so every set (in-the-wild CelebA included) has held-out identities. Identities with fewer than
-    ``min_images`` detected faces are dropped. ``alignment``, ``detector``, ``yunet_sure`` and ``fuse_landmarks`` (see
+    ``min_images`` detected faces are dropped. ``alignment``, ``detector``, ``yunet_sure``, ``fuse_landmarks`` and ``fuse_min_face`` (see
     :func:`align_folder`) say how crops are cut. ``pack``: read the aligned crops from a face pack
     (:mod:`h_model.data.facepack`) instead of aligning photos under ``data_root``."""
     if pack:
@@ -151,7 +161,8 @@ def faces_splits(data_root: str | Path | None = None, image_size: int = 112, mar
         if size != {(image_size, image_size)}:
             raise ValueError(f"the pack {pack} holds {sorted(size)} crops, the config asks for {image_size}x{image_size}")
     else:
-        aligned = aligned_sets(data_root, image_size, margin, sets, alignment, detector, yunet_sure, fuse_landmarks)
+        aligned = aligned_sets(data_root, image_size, margin, sets, alignment, detector, yunet_sure, fuse_landmarks,
+                               fuse_min_face)
     splits: list[list[ImageSet]] = [[], [], []]
     for name, data in aligned.items():
         counts = torch.bincount(data.labels, minlength=data.num_classes)
@@ -187,8 +198,9 @@ def _select_sets(data_root: str | Path | None, sets: Sequence[str] | None) -> li
 
 def aligned_sets(data_root: str | Path | None = None, image_size: int = 112, margin: float = 0.2,
                  sets: Sequence[str] | None = None, alignment: str = "eyes", detector: str = "mtcnn",
-                 yunet_sure: float | None = None, fuse_landmarks: bool = False) -> dict[str, ImageSet]:
+                 yunet_sure: float | None = None, fuse_landmarks: bool = False,
+                 fuse_min_face: float = 0.0) -> dict[str, ImageSet]:
     """``{set name: aligned crops}`` of every set (or ``sets``) under the data root (cached)."""
     return {path.name: align_folder(path, image_size, margin, alignment=alignment, detector=detector,
-                                    yunet_sure=yunet_sure, fuse_landmarks=fuse_landmarks)
+                                    yunet_sure=yunet_sure, fuse_landmarks=fuse_landmarks, fuse_min_face=fuse_min_face)
             for path in _select_sets(data_root, sets)}

@@ -33,13 +33,15 @@ def _folder(data_root: str | list[str] | None = None, image_size: int = 84, chan
 def _faces(data_root: str | None = None, image_size: int = 112, seed: int = 0, margin: float = 0.2,
            sets: list[str] | None = None, split: tuple[float, float, float] = (0.7, 0.15, 0.15),
            pack: str | None = None, alignment: str = "eyes", detector: str = "mtcnn",
-           yunet_sure: float | None = None, fuse_landmarks: bool = False, **_: Any) -> Splits:
-    """Aligned face crops (``alignment``: "eyes" or "five_point"; ``detector``: "mtcnn" or "yunet", with ``yunet_sure``
-    and ``fuse_landmarks`` as in :class:`h_model.detect.FaceDetector`); ``data_root`` is one
+           yunet_sure: float | None = None, fuse_landmarks: bool = False, fuse_min_face: float = 0.0,
+           **_: Any) -> Splits:
+    """Aligned face crops (``alignment``: "eyes" or "five_point"; ``detector``: "mtcnn" or "yunet", with ``yunet_sure``,
+    ``fuse_landmarks`` and ``fuse_min_face`` as in :class:`h_model.detect.FaceDetector`); ``data_root`` is one
     <identity>/<photos> set or a folder of such sets, ``pack`` a face pack folder
     (``python -m h_model.faces pack``) used instead of the photos."""
     return faces_splits(data_root, image_size, margin, seed, sets, tuple(split), pack=pack, alignment=alignment,
-                        detector=detector, yunet_sure=yunet_sure, fuse_landmarks=fuse_landmarks)
+                        detector=detector, yunet_sure=yunet_sure, fuse_landmarks=fuse_landmarks,
+                        fuse_min_face=fuse_min_face)
 
 
 def load_splits(name: str, **kwargs: Any) -> Splits:

@@ -125,7 +125,8 @@ def _fit_chip_affine(like: str, data_root: str | None, limit: int) -> list[list[
         raise ValueError(f"{like} is not a face checkpoint (its config has no face crop settings)")
     _, val, _ = faces_splits(data_root, image_size=int(face["crop_size"]), margin=float(face.get("margin", 0.0)),
                              alignment=face.get("alignment", "eyes"), detector=face.get("detector", "mtcnn"),
-                             yunet_sure=face.get("yunet_sure"), fuse_landmarks=bool(face.get("fuse_landmarks")))
+                             yunet_sure=face.get("yunet_sure"), fuse_landmarks=bool(face.get("fuse_landmarks")),
+                             fuse_min_face=float(face.get("fuse_min_face") or 0.0))
     chip_affine, spread = fit_chip_affine(val.images, limit)
     print(f"dlib chip map from {spread['crops']} validation crops: {chip_affine} (interquartile range: scale "
           f"{spread['iqr_scale']:.4f}, shift {spread['iqr_shift_px']:.2f} px)", file=sys.stderr)

@@ -49,7 +49,8 @@ def write_face_checkpoint(out: str | Path, backbone: str, backbone_kwargs: dict[
     config = {"preprocess": prep.to_dict(),
               "data": {"name": "faces", "data_root": None, "image_size": crop, "seed": 0, "margin": face["margin"],
                        "alignment": face["alignment"],
-                       **{k: face[k] for k in ("detector", "yunet_sure", "fuse_landmarks") if k in face}},
+                       **{k: face[k] for k in ("detector", "yunet_sure", "fuse_landmarks", "fuse_min_face")
+                          if k in face}},
               "face": {**face, "threshold": None, "far": None},
               "source": {**source, "stored_as": "float16" if float16 else "float32"}}
     save_checkpoint(out, model, config)
@@ -90,7 +91,8 @@ def convert_dlib(dat_path: str | Path, out: str | Path, float16: bool = False, s
     cfg = read_config(like)
     prep = Preprocess.from_dict(cfg["preprocess"])
     face = {k: v for k, v in (cfg.get("face") or {}).items() if k in ("crop_size", "margin", "alignment", "detector",
-                                                                          "yunet_sure", "fuse_landmarks")}
+                                                                          "yunet_sure", "fuse_landmarks",
+                                                                          "fuse_min_face")}
     if "crop_size" not in face:
         raise ValueError(f"{like} is not a face checkpoint (its config has no face crop settings)")
     head = {k: v for k, v in cfg["model"]["model_kwargs"].items() if k == "flip_embed"}

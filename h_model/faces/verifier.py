@@ -4,12 +4,13 @@ A face checkpoint is an ordinary h_model checkpoint directory (RGB ``preprocess`
 whose ``config.json`` may carry a ``"face"`` entry::
 
     "face": {"threshold": 0.62, "far": 0.001, "crop_size": 160, "margin": 0.2, "alignment": "eyes",
-             "detector": "mtcnn"}      # or "detector": "yunet", "yunet_sure": 0.9, "fuse_landmarks": true
+             "detector": "mtcnn"}      # or "detector": "yunet", "yunet_sure": 0.9, "fuse_landmarks": true,
+                                       #    "fuse_min_face": 0.7
 
 ``threshold``/``far`` come from :func:`calibrate_threshold` + :func:`save_threshold` on
-validation pairs; ``crop_size``/``margin``/``alignment``/``detector``/``yunet_sure``/``fuse_landmarks`` say how the
-training crops were detected and aligned (defaults: the preprocess size, 0.2, ``"eyes"``,
-``"mtcnn"``, none and false; see :mod:`h_model.detect`), so verification crops faces exactly as training did.
+validation pairs; ``crop_size``/``margin``/``alignment``/``detector``/``yunet_sure``/``fuse_landmarks``/``fuse_min_face``
+say how the training crops were detected and aligned (defaults: the preprocess size, 0.2, ``"eyes"``,
+``"mtcnn"``, none, false and 0; see :mod:`h_model.detect`), so verification crops faces exactly as training did.
 """
 from __future__ import annotations
 
@@ -100,9 +101,9 @@ def model_fingerprint(checkpoint: str | Path, detector_settings: dict[str, Any])
 
 
 def align_settings(learner: Learner) -> dict[str, Any]:
-    """Crop size, margin, alignment, detector, ``yunet_sure`` and ``fuse_landmarks`` the checkpoint was made
-    for (config "face"), else its input size, 0.2, "eyes", "mtcnn", none and false (the last four named only when they
-    differ, as :attr:`FaceDetector.settings`)."""
+    """Crop size, margin, alignment, detector, ``yunet_sure``, ``fuse_landmarks`` and ``fuse_min_face`` the
+    checkpoint was made for (config "face"), else its input size, 0.2, "eyes", "mtcnn", none, false and 0 (the
+    last five named only when they differ, as :attr:`FaceDetector.settings`)."""
     face = dict(learner.config.get("face") or {})
     out: dict[str, Any] = {"crop_size": int(face.get("crop_size") or max(learner.preprocess.size)),
                            "margin": float(face.get("margin", DEFAULT_MARGIN))}
@@ -114,6 +115,8 @@ def align_settings(learner: Learner) -> dict[str, Any]:
             out["yunet_sure"] = float(face["yunet_sure"])
         if face.get("fuse_landmarks"):
             out["fuse_landmarks"] = True
+            if face.get("fuse_min_face"):
+                out["fuse_min_face"] = float(face["fuse_min_face"])
     return out
 
 

@@ -233,3 +233,46 @@ def test_fused_landmarks_are_a_yunet_crop_setting_in_the_fingerprint(tmp_path, f
     v = FaceVerifier.load(ckpt, device="cpu")
     assert v.detector.fuse_landmarks and v.detector.settings == {**base, "fuse_landmarks": True}
     assert model_fingerprint(ckpt, base) != model_fingerprint(ckpt, {**base, "fuse_landmarks": True})
+
+
+
+
+def test_fuse_min_face_sizes_the_mtcnn_pass_from_yunets_smallest_face() -> None:
+    from h_model.faces import FaceDetector
+
+    base = {"crop_size": 112, "margin": 0.0, "alignment": "five_point", "detector": "yunet"}
+    with pytest.raises(ValueError, match="fuse_landmarks=True"):
+        FaceDetector(**base, fuse_min_face=0.7)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="fuse_min_face"):
+            FaceDetector(**base, fuse_landmarks=True, fuse_min_face=bad)
+    det = FaceDetector(**base, fuse_landmarks=True, fuse_min_face=0.6)
+    boxes = np.array([[0, 0, 100, 150], [10, 10, 60, 90]], np.float32)  # shortest side: 50 px
+    found = (boxes, np.ones(2, np.float32), np.zeros((2, 5, 2), np.float32))
+    assert det._fuse_size(found) == 30                                    # 0.6 * 50
+    assert det._fuse_size((boxes / 5, *found[1:])) == 20                  # 0.6 * 10 = 6: MTCNN's min_face_size
+    assert FaceDetector(**base, fuse_landmarks=True)._fuse_size(found) == 20  # 0: the whole pyramid
+
+
+def test_sized_fusion_averages_with_mtcnn_run_at_that_size(tmp_path, face_photo) -> None:
+    from h_model.detect import load_rgb
+    from h_model.faces import FaceDetector, FaceVerifier
+    from h_model.faces.verifier import model_fingerprint
+
+    from tests.faces.face_helpers import make_checkpoint
+
+    base = {"crop_size": 112, "margin": 0.0, "alignment": "five_point", "detector": "yunet"}
+    sized = {**base, "fuse_landmarks": True, "fuse_min_face": 0.7}
+    det = FaceDetector(**sized)
+    assert det.settings == sized
+    yunet = FaceDetector(**base).detect(face_photo)[0]
+    side = det._fuse_size(det._find([det._downscale(load_rgb(face_photo))[0]], "yunet")[0])
+    assert side > 20                                                     # the photo's face is large: a short pyramid
+    mtcnn = FaceDetector(crop_size=112, alignment="five_point", min_face_size=side).detect(face_photo)[0]
+    fused = det.detect(face_photo)[0]
+    assert np.allclose(fused.box, yunet.box)
+    assert np.allclose(fused.landmarks, (yunet.landmarks + mtcnn.landmarks) / 2, atol=1e-3)
+    ckpt = make_checkpoint(tmp_path / "run", face=sized)
+    v = FaceVerifier.load(ckpt, device="cpu")
+    assert v.detector.fuse_min_face == 0.7 and v.detector.settings == sized
+    assert model_fingerprint(ckpt, sized) != model_fingerprint(ckpt, {**base, "fuse_landmarks": True})
