@@ -59,7 +59,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from h_model.data.faces import faces_splits  # noqa: E402
+from h_model.data.faces import crop_kwargs, faces_splits  # noqa: E402
 from h_model.data.imageset import ImageSet  # noqa: E402
 from h_model.faces import FaceDetector, FaceVerifier, Gallery  # noqa: E402
 from h_model.faces.pairs import ImageIndex, PairList, all_pairs_tar_at_far, pair_metrics, sample_folds, write_pairs  # noqa: E402
@@ -384,9 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         key = json.dumps(settings, sort_keys=True)
         if key not in crops:
             print(f"aligned crops of {root} ({settings}) ...", flush=True)
-            _, v, t = faces_splits(root, image_size=int(settings["crop_size"]), margin=float(settings["margin"]),
-                                   seed=a.seed, alignment=settings.get("alignment", "eyes"),
-                                   detector=settings.get("detector", "mtcnn"), yunet_sure=settings.get("yunet_sure"))
+            _, v, t = faces_splits(root, seed=a.seed, **crop_kwargs(settings))
             if crops:
                 v0, t0 = next(iter(crops.values()))
                 if v.sources != v0.sources or t.sources != t0.sources:

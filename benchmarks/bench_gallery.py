@@ -110,14 +110,14 @@ class Fitted:
 
 def fitted_from_model(model: str, data_root: str | None) -> Fitted:
     """Embed the real training crops with a face checkpoint and fit :class:`Fitted` to them."""
-    from h_model.data.faces import faces_splits
+    from h_model.data.faces import crop_kwargs, faces_splits
     from h_model.faces import FaceVerifier
 
     v = FaceVerifier.load(model, device="cpu")
     s = v.detector.settings
     root = resolve_data_root(data_root).resolve()
     root = root / "faces" if (root / "faces").is_dir() else root
-    train, _, _ = faces_splits(root, image_size=int(s["crop_size"]), margin=float(s["margin"]))
+    train, _, _ = faces_splits(root, **crop_kwargs(s))
     z = np.concatenate([v.learner.embed(train.images[i:i + 256]) for i in range(0, len(train), 256)])
     return Fitted(unit(z), train.labels.numpy(), str(model))
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_faces as bf  # noqa: E402
 from h_model.checkpoint import write_json  # noqa: E402
-from h_model.data.faces import faces_splits  # noqa: E402
+from h_model.data.faces import crop_kwargs, faces_splits  # noqa: E402
 from h_model.detect import FaceDetector, load_rgb  # noqa: E402
 from h_model.faces.pairs import all_pairs_tar_at_far  # noqa: E402
 from h_model.faces.verifier import l2_normalize  # noqa: E402
@@ -48,16 +48,15 @@ def scored(z_raw: np.ndarray, labels: np.ndarray, pairs: dict[str, Any], members
     return r
 
 
-def yunet_validation(e: bf.Embedder, data_root: str | None, seed: int, drop: str, n_pairs: int = 3000
+def yunet_validation(e: bf.Embedder, data_root: str | None, seed: int, drop: tuple[str, ...], n_pairs: int = 3000
                      ) -> tuple[dict[str, Any], Any, dict[str, list[int]], dict[str, Any]]:
     """For a model used with YuNet: its crop settings less ``drop``, the validation crops cut with
     them, their rows by identity and the validation pair lists (all sets, in the wild; 10 folds)."""
-    s = {k: v for k, v in bf.align_of(e).items() if k != drop}
+    s = {k: v for k, v in bf.align_of(e).items() if k not in drop}
     if s.get("detector") != "yunet":
         raise SystemExit(f"{e.info['path'] if e.info else e.name} is not used with YuNet (its crop settings: {s})")
     root = Path(data_root).expanduser().resolve() if data_root else bf.default_data_root()
-    _, val, _ = faces_splits(root, image_size=int(s["crop_size"]), margin=float(s["margin"]), seed=seed,
-                             alignment=s.get("alignment", "eyes"), detector="yunet", yunet_sure=s.get("yunet_sure"))
+    _, val, _ = faces_splits(root, seed=seed, **crop_kwargs(s))
     members = bf.members_of(val)
     pairs = {k: bf.build_pairs(members, n_pairs, 10, seed, sets) for k, sets in (("all", None), ("wild", bf.WILD_SETS))}
     return s, val, members, pairs
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0.0 <= t <= 1.0 for t in sure):
         raise SystemExit("--sure takes scores in [0, 1]")
     e = bf.model_embedder(a.model, Path(a.model).name)
-    s, val, members, pairs = yunet_validation(e, a.data_root, a.seed, "yunet_sure", a.pairs)
+    s, val, members, pairs = yunet_validation(e, a.data_root, a.seed, ("yunet_sure",), a.pairs)
     labels = val.labels.numpy()
     assert val.sources is not None
     print(f"{len(val)} validation photos of {len(members)} identities: embedding ...", flush=True)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_faces as bf  # noqa: E402
 from h_model.checkpoint import write_json  # noqa: E402
-from h_model.data.faces import faces_splits  # noqa: E402
+from h_model.data.faces import crop_kwargs, faces_splits  # noqa: E402
 from h_model.faces.pairs import pair_metrics, tar_at_far  # noqa: E402
 from h_model.faces.scores import l2_normalize  # noqa: E402
 from h_model.test_time import embed_view  # noqa: E402
@@ -102,9 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     e = bf.model_embedder(a.model, Path(a.model).name)
     s = bf.align_of(e)
     root = Path(a.data_root).expanduser().resolve() if a.data_root else bf.default_data_root()
-    train, val, _ = faces_splits(root, image_size=int(s["crop_size"]), margin=float(s["margin"]), seed=a.seed,
-                                 alignment=s.get("alignment", "eyes"), detector=s.get("detector", "mtcnn"),
-                                 yunet_sure=s.get("yunet_sure"))
+    train, val, _ = faces_splits(root, seed=a.seed, **crop_kwargs(s))
     members = bf.members_of(val)
     pairs = {k: bf.build_pairs(members, a.pairs, 10, a.seed, sets) for k, sets in (("all", None),
                                                                                    ("wild", bf.WILD_SETS))}

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_faces as bf  # noqa: E402
 from h_model.plots import write_report  # noqa: E402
-from h_model.data.faces import faces_splits  # noqa: E402
+from h_model.data.faces import crop_kwargs, faces_splits  # noqa: E402
 from h_model.faces.verifier import l2_normalize  # noqa: E402
 
 
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(a.data_root).expanduser().resolve() if a.data_root else bf.default_data_root()
     embedders = {Path(p).name: bf.model_embedder(p, Path(p).name) for p in a.model}
     align = next(iter(embedders.values())).verifier.detector.settings
-    _, val, test = faces_splits(root, image_size=int(align["crop_size"]), margin=float(align["margin"]), seed=a.seed,
-                                alignment=align.get("alignment", "eyes"), detector=align.get("detector", "mtcnn"))
+    _, val, test = faces_splits(root, seed=a.seed, **crop_kwargs(align))
     splits = {"val": val, **({"test": test} if a.test else {})}
     z = {s: {n: l2_normalize(e.embed(d.images)) for n, e in embedders.items()} for s, d in splits.items()}
     candidates: dict[str, dict[str, dict]] = {}
