@@ -263,8 +263,9 @@ def test_convert_like_another_model_makes_an_ensemble_member(dat_file: Path, tmp
     assert cfg["preprocess"] == ref["preprocess"] and cfg["face"]["detector"] == "yunet"
     assert cfg["model"]["backbone_kwargs"]["chip_affine"] == m and cfg["model"]["model_kwargs"]["flip_embed"]
     v = FaceVerifier.load(tmp_path / "d", device="cpu")  # takes the five-point crops like the other model
+    # the other model's face choice too
     assert v.detector.settings == {"crop_size": 112, "margin": 0.0, "alignment": "five_point", "detector": "yunet",
-                                   "yunet_sure": 0.85}  # the other model's face choice too
+                                   "yunet_sure": 0.85, "fuse_landmarks": True, "fuse_min_face": 0.7}
     z = v.embed_crops(list(five_point_crops))
     sims = z @ z.T
     person = np.arange(8) // 2

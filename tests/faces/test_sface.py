@@ -215,8 +215,9 @@ def test_bundled_model_is_the_sface_dlib_ensemble_and_separates_real_people(real
     members = [m["backbone"] for m in cfg["model"]["backbone_kwargs"]["members"]]
     assert cfg["model"]["backbone"] == "ensemble" and members == ["sface", "dlib_resnet"]
     assert cfg["ensemble"]["members"][0]["source"]["sha256"] == SFACE_SHA256
+    # chosen on validation pairs
     assert v.detector.settings == {"crop_size": 112, "margin": 0.0, "alignment": "five_point", "detector": "yunet",
-                                   "yunet_sure": 0.85}  # chosen on validation pairs
+                                   "yunet_sure": 0.85, "fuse_landmarks": True, "fuse_min_face": 0.7}
     assert v.learner.model.flip_embed  # the test-time flip chosen on validation pairs
     assert 0.3 < v.threshold < 0.9 and v.far == pytest.approx(1e-3)
     z = v.embed_crops(list(real_crops))  # 4 people x 2 photos, in order
