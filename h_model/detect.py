@@ -261,8 +261,10 @@ class FaceDetector:
     def _make_mtcnn(self) -> Any:
         from facenet_pytorch import MTCNN
 
-        return MTCNN(keep_all=True, min_face_size=self.min_face_size, thresholds=self._thresholds,
-                     device=self._device)
+        m = MTCNN(keep_all=True, min_face_size=self.min_face_size, thresholds=self._thresholds, device=self._device)
+        for net in (m.pnet, m.rnet, m.onet):  # channels-last maps: the CPU max-pools them several times faster
+            net.to(memory_format=torch.channels_last)
+        return m
 
     @property
     def mtcnn(self) -> Any:
@@ -376,9 +378,12 @@ class FaceDetector:
                 groups.setdefault((im.size, smallest), []).append(i)
         for (_, smallest), idx in groups.items():
             m = self.mtcnn  # loaded on first use: a YuNet detector may never need it
+            # [N, H, W, 3] viewed over a standard-layout [N, 3, H, W] batch: detect_face permutes it back,
+            # so its pyramid is resampled in the layout the CPU resamples fastest
+            batch = torch.from_numpy(np.stack([np.asarray(imgs[i], np.uint8) for i in idx]))
+            batch = batch.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
             with torch.no_grad():  # MTCNN.detect's own call, with this group's smallest face
-                boxes, points = detect_face([imgs[i] for i in idx], smallest, m.pnet, m.rnet, m.onet,
-                                            m.thresholds, m.factor, m.device)
+                boxes, points = detect_face(batch, smallest, m.pnet, m.rnet, m.onet, m.thresholds, m.factor, m.device)
             for j, i in enumerate(idx):
                 if len(boxes[j]) == 0:
                     continue
