@@ -12,6 +12,7 @@ import h_model
 from h_model.checkpoint import save_checkpoint
 from h_model.ensemble import ensemble_checkpoints, ensemble_models
 from h_model.models import create_model
+from h_model.models.backbones import EnsembleBackbone, cpu_cores
 from h_model.preprocess import Preprocess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,3 +113,42 @@ def test_weighted_ensemble_cosine_is_the_weighted_mean_of_the_members(tmp_path):
     for bad in ([1.0], [1.0, 0.0], [1.0, float("nan")]):
         with pytest.raises(ValueError, match="positive numbers"):
             ensemble_checkpoints([tmp_path / "a", tmp_path / "b"], tmp_path / "x", weights=bad)
+
+
+class _Recorder(torch.nn.Module):
+    """A member that remembers which thread ran it and under which grad mode."""
+
+    def __init__(self, dim: int, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin = torch.nn.Linear(12, dim)
+        self.seen: list[tuple[str, bool, bool]] = []
+
+    def forward(self, x):
+        import threading
+        self.seen.append((threading.current_thread().name, torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+        return self.lin(x.flatten(1))
+
+
+def test_ensemble_members_run_side_by_side_at_cpu_inference_with_the_same_outputs():
+    members = [_Recorder(4, 0), _Recorder(6, 1)]
+    ens = EnsembleBackbone(members, "concat", [1.0, 3.0]).eval()
+    x = torch.rand(3, 3, 2, 2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ref = ens(x)  # autograd on: one after the other, in the caller's thread
+        assert ref.requires_grad and [m.seen[-1][0] for m in members] == ["MainThread"] * 2
+        with torch.inference_mode():
+            out = ens(x)
+        assert torch.equal(out, ref.detach()) and out.is_inference()
+        names = [m.seen[-1][0] for m in members]
+        assert names[0] == "MainThread"
+        if cpu_cores() >= 2:  # member 2 ran on the pool, in inference mode like its caller
+            assert names[1].startswith("h_model-ensemble")
+            assert all(m.seen[-1][1:] == (False, True) for m in members)
+        with torch.no_grad():
+            assert torch.equal(ens(x), ref.detach())
+        assert all(m.seen[-1][1:] == (False, False) for m in members)
+    finally:
+        torch.set_num_threads(threads)

@@ -26,6 +26,7 @@ from PIL import Image
 
 from ..checkpoint import resolve_checkpoint, write_json
 from ..learner import Learner
+from ..models.fold import fold_batchnorm
 from ..preprocess import ImageDecodeError, ImageInput
 from .detect import Face, FaceDetector, NoFaceError, load_rgb
 from .scores import calibrate_threshold, cosine, l2_normalize
@@ -140,11 +141,14 @@ class FaceVerifier:
         """Load a face checkpoint (run directory or ``model.safetensors``); ``None`` = the bundled model.
 
         ``detector_kwargs`` override the :class:`FaceDetector` settings (crop_size, margin, ...).
+        The loaded model is for inference: its BatchNorm layers are folded into the convolutions
+        before them (:func:`~h_model.models.fold.fold_batchnorm`).
         """
         if path is None:
             path = bundled_face_model("pass a face checkpoint, e.g. FaceVerifier.load('runs/faces') "
                                       "or --model PATH on the command line")
         learner = Learner.load(path, device)
+        fold_batchnorm(learner.model)  # an inference-only copy: same embeddings to float rounding, faster
         detector = FaceDetector(**{**align_settings(learner), **detector_kwargs, "device": learner.device})
         return cls(learner, detector, threshold, model_id=model_fingerprint(path, detector.settings))
 

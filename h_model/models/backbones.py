@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -194,7 +197,9 @@ class EnsembleBackbone(nn.Module):
     - ``"mean"``: their ``w``-weighted mean, for members that embed into one space (e.g. students
       distilled from the same teacher): the embedding keeps the members' dimension.
 
-    ``weights`` (``w``, positive, one per member) default to equal.
+    ``weights`` (``w``, positive, one per member) default to equal. At CPU inference (no autograd)
+    with a core to spare per member (``torch.get_num_threads() * members <= cores``) the members
+    run side by side on threads: the same outputs, sooner.
     """
 
     MODES = ("concat", "mean")
@@ -212,12 +217,42 @@ class EnsembleBackbone(nn.Module):
         self.weights = [v / sum(w) for v in w]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = [F.normalize(m(x).flatten(1).float(), dim=-1) for m in self.members]
+        z = [F.normalize(out.flatten(1).float(), dim=-1) for out in self._member_outputs(x)]
         if self.mode == "concat":
             return torch.cat([t * math.sqrt(w) for t, w in zip(z, self.weights)], dim=-1)
         if len({t.shape[-1] for t in z}) > 1:
             raise ValueError(f"mode 'mean' needs members of one embedding size, got {[t.shape[-1] for t in z]}")
         return sum(t * w for t, w in zip(z, self.weights))
+
+    def _member_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if len(self.members) < 2 or torch.is_grad_enabled() or x.device.type != "cpu" \
+                or torch.get_num_threads() * len(self.members) > cpu_cores():
+            return [m(x) for m in self.members]
+        inference = torch.is_inference_mode_enabled()  # grad modes are per thread: carry the caller's over
+
+        def run(m: nn.Module) -> torch.Tensor:
+            with torch.inference_mode(inference), torch.no_grad():
+                return m(x)
+        futures = [member_pool().submit(run, m) for m in self.members[1:]]
+        return [self.members[0](x)] + [f.result() for f in futures]
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def member_pool() -> ThreadPoolExecutor:
+    """The threads that ensemble members run on at CPU inference (created on first use)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=cpu_cores(), thread_name_prefix="h_model-ensemble")
+        return _POOL
 
 
 @BACKBONES.register("ensemble")

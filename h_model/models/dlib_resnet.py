@@ -138,6 +138,7 @@ class DlibResNet(nn.Module):
         cins = [32] + [c for c, _ in BLOCKS[:-1]]
         self.blocks = nn.Sequential(*[Block(cin, c, down) for cin, (c, down) in zip(cins, BLOCKS)])
         self.fc = nn.Linear(256, dim, bias=False)
+        self.to(memory_format=torch.channels_last)  # the CPU max-pools channels-last maps several times faster
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (self.input_size, self.input_size):

@@ -40,6 +40,23 @@ def test_bundled_model_loads_with_its_calibrated_threshold(faces_root: Path) -> 
     assert (flat.argmax(1) // 3 == np.arange(9) // 3).all()  # every photo's nearest other photo: same person
 
 
+def test_loaded_verifier_folds_batchnorm_and_embeds_like_the_checkpoint(faces_root: Path) -> None:
+    import torch
+
+    import h_model
+    from h_model.bundled import BUNDLED
+
+    v = FaceVerifier.load(None, device="cpu")
+    convs_bn = [s for s in v.learner.model.modules() if isinstance(s, torch.nn.Sequential)
+                and any(isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d) for a, b in zip(s, s[1:]))]
+    assert convs_bn == []  # every BatchNorm after a convolution is folded into it
+    crops = [f.crop for f in v.detector.largest(sorted((faces_root / "orl" / "s1").iterdir())[:4])]
+    ref = h_model.load(BUNDLED["faces"], device="cpu").embed(crops)  # the checkpoint as it is stored
+    z = v.embed_crops(crops, normalize=False)
+    cos = np.sum(z * ref, 1) / np.linalg.norm(z, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.99999
+
+
 def test_embed_is_normalised_and_uses_the_largest_face(verifier, faces_root: Path, face_photo: Path) -> None:
     orl = faces_root / "orl" / "s1" / "1.pgm"
     z = verifier.embed([face_photo, orl])
