@@ -210,9 +210,9 @@ class FaceDetector:
     face, landmarks scattered by hard light. Passing ``yunet_model`` alone
     selects YuNet. ``fuse_landmarks`` (YuNet only): every face YuNet keeps gets the mean of its
     landmarks and MTCNN's for the same face (:func:`fuse_landmarks`; MTCNN runs on every photo, about
-    60 ms more per 640x480 photo on 2 cores). ``fuse_min_face`` (> 0): that MTCNN pass looks only for
+    60 ms more per 640x480 photo on 2 threads). ``fuse_min_face`` (> 0): that MTCNN pass looks only for
     faces whose side is at least this fraction of the shortest box side among the photo's YuNet faces
-    (and at least ``min_face_size``), so its image pyramid starts small (0.7: about 15 ms); 0 searches
+    (and at least ``min_face_size``), so its image pyramid starts small (0.7: about 20 ms); 0 searches
     the whole pyramid. ``thresholds`` and ``min_face_size`` shape MTCNN.
     """
 
