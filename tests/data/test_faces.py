@@ -76,14 +76,21 @@ def test_align_folder_skips_unusable_photos_and_caches(face_tree: Path, tmp_path
 
 
 def test_aligned_crop_is_the_verifier_crop(face_tree: Path, tmp_path: Path) -> None:
-    """Training crops and prediction-time crops come from the same detector and alignment."""
+    """Training crops and prediction-time crops come from the same detector and alignment.
+
+    The dataset runs MTCNN over photos of one size together and the verifier over one photo: the
+    batched convolutions round differently (landmarks within 1e-4 px), so a pixel may differ by one
+    grey level, no more."""
     import numpy as np
 
     from h_model.faces import FaceDetector
 
     s = align_folder(face_tree / "casia_facev5_subset", crop_size=64, cache_dir=tmp_path)
-    crop = FaceDetector(crop_size=64, margin=0.2).detect(s.sources[0])[0].crop
-    assert np.array_equal(np.asarray(crop), s.images[0].permute(1, 2, 0).numpy())
+    det = FaceDetector(crop_size=64, margin=0.2)
+    for i, src in enumerate(s.sources):
+        crop = np.asarray(det.detect(src)[0].crop, np.int16)
+        diff = np.abs(crop - s.images[i].permute(1, 2, 0).numpy().astype(np.int16))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.005, (src, diff.max(), (diff > 0).mean())
 
 
 def test_yunet_crops_the_photos_mtcnn_keeps(face_tree: Path, tmp_path: Path) -> None:
