@@ -152,3 +152,40 @@ def test_ensemble_members_run_side_by_side_at_cpu_inference_with_the_same_output
         assert all(m.seen[-1][1:] == (False, False) for m in members)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_ensemble_members_still_run_in_a_forked_child():
+    """A child forked after the pool started inherits the pool object but not its threads."""
+    import os
+    import select
+    import signal
+
+    members = [_Recorder(4, 0), _Recorder(6, 1)]
+    ens = EnsembleBackbone(members, "concat").eval()
+    x = torch.rand(2, 3, 2, 2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            ref = ens(x)  # starts the pool (where there are 2 cores)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: must answer, not wait forever on the parent's dead threads
+            ok = False
+            try:
+                with torch.inference_mode():
+                    ok = torch.equal(ens(x), ref)
+            finally:
+                os.write(write, b"1" if ok else b"0")
+                os._exit(0)
+        os.close(write)
+        ready, _, _ = select.select([read], [], [], 30)
+        answer = os.read(read, 1) if ready else b"timeout"
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read)
+        assert answer == b"1"
+    finally:
+        torch.set_num_threads(threads)

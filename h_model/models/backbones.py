@@ -242,17 +242,18 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (the process that made it, the pool)
 _POOL_LOCK = threading.Lock()
 
 
 def member_pool() -> ThreadPoolExecutor:
-    """The threads that ensemble members run on at CPU inference (created on first use)."""
+    """The threads that ensemble members run on at CPU inference (created on first use, and anew in a
+    forked child, which inherits the pool but none of its threads)."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=cpu_cores(), thread_name_prefix="h_model-ensemble")
-        return _POOL
+        if _POOL is None or _POOL[0] != os.getpid():
+            _POOL = (os.getpid(), ThreadPoolExecutor(max_workers=cpu_cores(), thread_name_prefix="h_model-ensemble"))
+        return _POOL[1]
 
 
 @BACKBONES.register("ensemble")
