@@ -2,7 +2,7 @@
 
 An eval-mode ``BatchNorm2d`` is a fixed per-channel scale and shift, so ``bn(conv(x))`` equals one
 convolution with rescaled weights and a bias. Folding removes a full pass over every feature map
-(about a fifth of SFace's time on the CPU) and changes outputs only by float rounding. The folded
+(about a tenth of SFace's time on the CPU) and changes outputs only by float rounding. The folded
 model is for inference only: it has no BatchNorm statistics left to train.
 """
 from __future__ import annotations
