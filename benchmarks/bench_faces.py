@@ -64,6 +64,7 @@ from h_model.data.imageset import ImageSet  # noqa: E402
 from h_model.faces import FaceDetector, FaceVerifier, Gallery  # noqa: E402
 from h_model.faces.pairs import ImageIndex, PairList, all_pairs_tar_at_far, pair_metrics, sample_folds, write_pairs  # noqa: E402
 from h_model.faces.verifier import calibrate_threshold, l2_normalize  # noqa: E402
+from h_model.runtime import isa_caps  # noqa: E402
 
 WILD_SETS = ("celeba_subset", "celeba_align")
 
@@ -301,7 +302,7 @@ def cpu_model() -> dict[str, Any]:
     name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
     flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
     keep = [f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma")]
-    return {"model": name, "flags": keep}
+    return {"model": name, "flags": keep, "isa_caps": isa_caps()}
 
 
 # -- report --------------------------------------------------------------------------------------

@@ -93,8 +93,19 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
+#: The environment variables that cap the instruction sets used, to emulate a smaller CPU.
+ISA_CAP_VARS = {"onednn_max_cpu_isa": "ONEDNN_MAX_CPU_ISA", "aten_cpu_capability": "ATEN_CPU_CAPABILITY",
+                "mkl_enable_instructions": "MKL_ENABLE_INSTRUCTIONS", "opencv_cpu_disable": "OPENCV_CPU_DISABLE"}
+
+
+def isa_caps() -> dict[str, str | None]:
+    """The instruction-set caps in force (:data:`ISA_CAP_VARS`; None where unset)."""
+    return {key: os.environ.get(var) for key, var in ISA_CAP_VARS.items()}
+
+
 def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
-    """The CPU a figure was measured on: model name, SIMD flags, cores, and any oneDNN / ATen ISA cap."""
+    """The CPU a figure was measured on: model name, SIMD flags, cores, and any oneDNN / ATen / MKL /
+    OpenCV instruction-set cap (the environment variables that emulate a smaller CPU)."""
     model, flags = "unknown", set()
     try:
         for line in Path(cpuinfo).read_text().splitlines():
@@ -106,6 +117,4 @@ def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> dict[str, Any]:
     except OSError:
         pass
     return {"model": model, "flags": [f for f in SIMD_FLAGS if f in flags], "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
-            "aten_cpu_capability": os.environ.get("ATEN_CPU_CAPABILITY")}
+            "torch_threads": torch.get_num_threads(), **isa_caps()}

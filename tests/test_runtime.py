@@ -63,5 +63,8 @@ def test_onednn_isa_cap_turns_native_bf16_off(tmp_path, monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
     assert runtime.cpu_has_native_bf16(f) is True
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    monkeypatch.setenv("MKL_ENABLE_INSTRUCTIONS", "AVX2")
+    monkeypatch.delenv("OPENCV_CPU_DISABLE", raising=False)
     d = runtime.cpu_description(f)
+    assert d["mkl_enable_instructions"] == "AVX2" and d["opencv_cpu_disable"] is None
     assert d["model"] == "Test CPU 9000" and d["flags"] == ["avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"]
