@@ -361,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not a.model and not a.teacher:
         ap.error("give at least one --model or --teacher")
+    if a.latency_only and a.reuse:
+        ap.error("--latency-only scores no pairs, so there is nothing to --reuse next to it")
     if a.threads:
         torch.set_num_threads(a.threads)
     t_start = time.perf_counter()
@@ -401,18 +403,19 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(a.out).parent
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(a.out).stem
-    files = {k: out_dir / f"{stem}_pairs_{k}.txt" for k in lists}
-    for k, pl in lists.items():
-        write_pairs(files[k], pl)
-    index_path = out_dir / f"{stem}_pairs_index.json"
-    assert test.sources is not None
-    ImageIndex(root, {n: [str(Path(test.sources[r]).resolve().relative_to(root)) for r in rows]
-                      for n, rows in members.items()}).save(index_path)
     data = {"root": str(root), "align": align, "seed": a.seed, "test_identities": len(members),
             "test_crops": len(test), "val_identities": len(val_members), "val_pairs": len(val_pairs.pairs),
             "test_sets": sorted({n.split("/")[0] for n in members}),
-            "pair_files": {k: str(p) for k, p in files.items()}, "pair_index": str(index_path),
             "pair_lists": {k: {"pairs": len(pl.pairs), "per_fold": pl.per_fold} for k, pl in lists.items()}}
+    if not a.latency_only:  # the pair lists (LFW format) and their photo index, for scores to be rerun
+        files = {k: out_dir / f"{stem}_pairs_{k}.txt" for k in lists}
+        for k, pl in lists.items():
+            write_pairs(files[k], pl)
+        index_path = out_dir / f"{stem}_pairs_index.json"
+        assert test.sources is not None
+        ImageIndex(root, {n: [str(Path(test.sources[r]).resolve().relative_to(root)) for r in rows]
+                          for n, rows in members.items()}).save(index_path)
+        data.update({"pair_files": {k: str(p) for k, p in files.items()}, "pair_index": str(index_path)})
     print(json.dumps(data, indent=1), flush=True)
     for k, pl in lists.items():
         if len(pl.pairs) < a.pairs:
